@@ -1,0 +1,78 @@
+"""Ideal floating-point weights: the software baseline every other backend is compared to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from .base import MemoryReport
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class FloatParams:
+    """Parameters of the ideal floating-point backend (TOML table ``[float]``)."""
+
+    dtype: Literal["float32", "float64"] = "float32"
+    """Storage and compute precision of the weights (float64 is for exact gradient checks)."""
+
+
+class FloatBackend:
+    """Weights in a dense float tensor; every operation is exact in that precision.
+
+    ``update`` is one fused in-place ``addmm`` (``W -= lr/B * delta.T @ x``), so no
+    temporary gradient matrix is allocated; ``increment`` adds a digital matrix in place.
+    Each weight written counts as one "write" in ``pulses()`` so digital and analog costs can
+    be put side by side (a digital SRAM write per weight per update).
+    """
+
+    def __init__(self, shape: tuple[int, int], params: FloatParams | None = None):
+        self.params = params or FloatParams()
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.dtype = _DTYPES[self.params.dtype]
+        self.w = torch.zeros(self.shape, dtype=self.dtype)
+        self._writes = 0
+
+    # -- programming and reading -----------------------------------------------------------
+    def program(self, w: torch.Tensor) -> None:
+        if tuple(w.shape) != self.shape:
+            raise ValueError(f"program: expected weights of shape {self.shape}, got {tuple(w.shape)}")
+        self.w.copy_(w)
+
+    def read(self) -> torch.Tensor:
+        return self.w
+
+    def abs_sums(self, dim: int, ideal: bool = False) -> torch.Tensor:
+        return torch.linalg.vector_norm(self.w, ord=1, dim=dim)
+
+    # -- compute -----------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.w.T
+
+    def backward(self, delta: torch.Tensor) -> torch.Tensor:
+        return delta @ self.w
+
+    # -- writes ------------------------------------------------------------------------------
+    def update(self, x: torch.Tensor, delta: torch.Tensor, lr: float) -> None:
+        self.w.addmm_(delta.T, x, alpha=-lr / x.shape[0])
+        self._writes += self.w.numel()
+
+    def increment(self, dw: torch.Tensor) -> None:
+        self.w.add_(dw)
+        self._writes += self.w.numel()
+
+    # -- cost --------------------------------------------------------------------------------
+    def memory(self) -> MemoryReport:
+        bits = torch.finfo(self.dtype).bits
+        return MemoryReport(
+            n_weights=self.w.numel(),
+            bits_per_weight=bits,
+            digital_bytes=self.w.numel() * bits // 8,
+            device_count=0,
+        )
+
+    def pulses(self) -> int:
+        return self._writes

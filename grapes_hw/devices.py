@@ -1,0 +1,177 @@
+"""Device models: TOML files in ``device_models/`` loaded into typed dataclasses.
+
+A device model file looks like::
+
+    name = "float32"
+    description = "Ideal float32 weights: the software baseline"
+    backend = "float"                 # a key of BACKEND_KINDS
+    citation = ""                     # the paper a preset's numbers come from
+
+    [float]                           # the backend's own parameter table
+    dtype = "float32"
+
+``--backend`` takes a model name (a file ``device_models/NAME.toml``) or a path to a TOML
+file. Backend kinds register a parameter dataclass and a factory in ``BACKEND_KINDS``; the
+analog kind is imported lazily so the package works without aihwkit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import from_mapping, to_dict
+from .errors import ConfigError
+
+
+@dataclass
+class BackendKind:
+    """How to build one kind of backend: ``module:Params`` and ``module:factory`` paths.
+
+    ``factory(shape, params, noise, seed)`` returns a WeightBackend.
+    """
+
+    params: str
+    factory: str
+    summary: str
+
+    def load(self) -> tuple[type, Callable[..., Any]]:
+        mod_p, cls_p = self.params.split(":")
+        mod_f, fn_f = self.factory.split(":")
+        return (getattr(importlib.import_module(mod_p), cls_p),
+                getattr(importlib.import_module(mod_f), fn_f))
+
+
+BACKEND_KINDS: dict[str, BackendKind] = {
+    "float": BackendKind("grapes_hw.backends.float_backend:FloatParams",
+                         "grapes_hw.backends:make_float", "ideal floating point"),
+}
+
+
+def register_backend_kind(name: str, kind: BackendKind) -> None:
+    """Add a backend kind (used by the fixed-point and analog modules)."""
+    BACKEND_KINDS[name] = kind
+
+
+@dataclass
+class DeviceModel:
+    """A loaded device model: which backend, its parameters, its noise."""
+
+    name: str
+    """Short name (the file stem for shipped models)."""
+    description: str
+    """One line shown by ``grapes-hw devices``."""
+    backend: str
+    """Backend kind: a key of ``BACKEND_KINDS`` (float, fixed, analog)."""
+    params: Any
+    """The backend's parameter dataclass instance."""
+    noise: Any = None
+    """The noise-model dataclass (``grapes_hw.noise.NoiseParams``) or None for none."""
+    citation: str = ""
+    """Source paper of the preset's numbers, if any."""
+    path: str = ""
+    """File it was loaded from."""
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "backend": self.backend,
+            "citation": self.citation,
+            "path": self.path,
+            "params": to_dict(self.params),
+            "noise": to_dict(self.noise) if self.noise is not None else None,
+        }
+
+
+def models_dir() -> Path:
+    """The shipped ``device_models/`` folder (``$GRAPES_HW_DEVICE_MODELS`` overrides)."""
+    env = os.environ.get("GRAPES_HW_DEVICE_MODELS")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    for cand in (here.parent / "device_models", here / "device_models"):
+        if cand.is_dir():
+            return cand
+    return here.parent / "device_models"
+
+
+def list_models() -> list[Path]:
+    return sorted(models_dir().glob("*.toml"))
+
+
+def _resolve(name_or_path: str, option: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or os.sep in name_or_path:
+        if not p.is_file():
+            raise ConfigError(option, f"device model file not found: {name_or_path}")
+        return p
+    cand = models_dir() / f"{name_or_path}.toml"
+    if cand.is_file():
+        return cand
+    names = ", ".join(m.stem for m in list_models())
+    raise ConfigError(option, f"unknown device model {name_or_path!r}; shipped models: {names} "
+                              "(or give a path to a .toml file)")
+
+
+def load_device_model(name_or_path: str, option: str = "--backend") -> DeviceModel:
+    """Load a device model by shipped name or TOML path; errors name the offending key."""
+    path = _resolve(name_or_path, option)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(option, f"{path}: not valid TOML: {e}") from None
+    return device_model_from_dict(data, source=str(path))
+
+
+def device_model_from_dict(data: dict, source: str = "<dict>") -> DeviceModel:
+    data = dict(data)
+    where = f"{source}: " if source else ""
+
+    def err(key: str, msg: str) -> ConfigError:
+        return ConfigError(key, where + msg)
+
+    for key in ("name", "description", "backend"):
+        if key not in data:
+            raise err(key, "required key is missing")
+        if not isinstance(data[key], str):
+            raise err(key, f"expected a string, got {data[key]!r}")
+    kind_name = data.pop("backend")
+    if kind_name not in BACKEND_KINDS:
+        raise err("backend", f"got {kind_name!r}; allowed values: {', '.join(BACKEND_KINDS)}")
+    kind = BACKEND_KINDS[kind_name]
+    name = data.pop("name")
+    description = data.pop("description")
+    citation = data.pop("citation", "")
+    if not isinstance(citation, str):
+        raise err("citation", f"expected a string, got {citation!r}")
+    params_table = data.pop(kind_name, {})
+    noise_table = data.pop("noise", None)
+    if data:
+        key = sorted(data)[0]
+        raise err(key, f"unknown key; allowed: name, description, backend, citation, "
+                       f"[{kind_name}], [noise]")
+    params_cls, _ = kind.load()
+    try:
+        params = from_mapping(params_cls, params_table, kind_name)
+        noise = None
+        if noise_table is not None:
+            from .noise import NoiseParams
+
+            noise = from_mapping(NoiseParams, noise_table, "noise")
+    except ConfigError as e:
+        raise err(e.field, e.message) from None
+    return DeviceModel(name=name, description=description, backend=kind_name, params=params,
+                       noise=noise, citation=citation, path=source)
+
+
+def make_backend(model: DeviceModel, shape: tuple[int, int], seed: int):
+    """Instantiate ``model``'s backend for one layer of ``shape`` ``(n_out, n_in)``."""
+    _, factory = BACKEND_KINDS[model.backend].load()
+    return factory(shape, model.params, model.noise, seed)

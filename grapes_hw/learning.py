@@ -1,0 +1,85 @@
+"""One training step, wired in the order the data flows:
+
+network forward -> output error -> credit assignment (BP/FA/DFA) -> GRAPES modulation ->
+optimizer -> ``backend.update`` / ``backend.increment``.
+
+The GRAPES factors are computed once per minibatch, from the weights as they stand before
+that minibatch's update (``backend.abs_sums`` of what the hardware reads).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .credit import BP
+from .grapes import GrapesParameters, modulation_factor
+from .network import ForwardCache, Network
+
+
+def softmax_error(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float, int]:
+    """Output error ``e = softmax(logits) - onehot(y)``, summed cross-entropy, #correct."""
+    logp = torch.log_softmax(logits, dim=1)
+    loss = -float(logp.gather(1, y[:, None]).sum())
+    correct = int((logits.argmax(1) == y).sum())
+    e = logp.exp_()
+    e[torch.arange(y.shape[0]), y] -= 1.0
+    return e, loss, correct
+
+
+class Learner:
+    """Applies one learning rule (credit + GRAPES + optimizer) to a network."""
+
+    def __init__(self, net: Network, credit: BP, grapes: GrapesParameters, optimizer):
+        self.net = net
+        self.credit = credit
+        self.grapes = grapes
+        self.optimizer = optimizer
+        self.cache = ForwardCache()
+        self.last_factors: list[torch.Tensor | None] = []
+
+    def factors(self) -> list[torch.Tensor | None]:
+        """GRAPES factor m^l for each hidden layer l (None when GRAPES is off)."""
+        if self.grapes.mode == "off":
+            return [None] * self.net.n_hidden
+        out = []
+        for l in range(self.net.n_hidden):
+            imp = self.credit.importance(l, ideal=self.grapes.ideal_read)
+            keep = self.cache.keep[l] if l < len(self.cache.keep) else None
+            if keep is not None:  # dropped nodes: importance 0, hence m = lower bound
+                imp = imp * keep.to(imp.dtype)
+            out.append(modulation_factor(imp.clone(), self.grapes.lower, self.grapes.bits))
+        return out
+
+    def errors(self, e: torch.Tensor, m: list[torch.Tensor | None]) -> list[torch.Tensor]:
+        """The per-layer errors delta^l used for the updates (output layer unmodulated)."""
+        net, cache = self.net, self.cache
+        L = len(net.layers)
+        deltas: list[torch.Tensor] = [None] * L  # type: ignore[list-item]
+        deltas[L - 1] = e
+        propagating = self.grapes.mode == "propagating"
+        for l in range(L - 2, -1, -1):
+            g = self.credit.hidden_error(l, deltas[l + 1], e)
+            net.activation_grad_(g, cache.inputs[l + 1], cache.keep[l])
+            if propagating and m[l] is not None:
+                g.mul_(m[l].to(g.dtype))
+            deltas[l] = g
+        if self.grapes.mode == "local":
+            # Propagation above used the unmodulated errors; scale only the updates.
+            for l in range(L - 1):
+                if m[l] is not None:
+                    deltas[l] = deltas[l] * m[l].to(deltas[l].dtype)
+        return deltas
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[float, int]:
+        """Train on one minibatch; returns (summed loss, number correct)."""
+        logits = self.net.forward(x, train=True, cache=self.cache)
+        e, loss, correct = softmax_error(logits, y)
+        m = self.factors()
+        self.last_factors = m
+        deltas = self.errors(e, m)
+        for l, layer in enumerate(self.net.layers):
+            self.optimizer.step(("w", l), layer.backend, self.cache.inputs[l], deltas[l], lr)
+            if layer.bias is not None:
+                ones = torch.ones((x.shape[0], 1), dtype=deltas[l].dtype)
+                self.optimizer.step(("b", l), layer.bias, ones, deltas[l], lr)
+        return loss, correct

@@ -1,0 +1,296 @@
+"""Training runs: a ``TrainConfig`` in, a result dictionary (``result.json``) out.
+
+``run(config)`` builds the dataset, the network on the chosen device model, the learning
+rule, trains for ``epochs`` epochs and returns a JSON-able result with the per-epoch curve,
+best/final test accuracy, the plateau-fit slowness, divergence status, optimizer memory,
+write pulses and the versions used.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import __version__
+from .config import require, to_dict
+from .credit import make_credit
+from .devices import DeviceModel, load_device_model, make_backend
+from .grapes import GrapesParameters, mean_factor
+from .learning import Learner
+from .metrics import fit_plateau
+from .network import HWLinear, Network, he_uniform
+from .optim import make_optimizer
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of one training run (the CLI's ``train`` options)."""
+
+    dataset: str = "digits"
+    """Dataset name: digits, fashion-mnist or mnist."""
+    layers: tuple[int, ...] = (256, 256, 256)
+    """Hidden layer widths (number of nodes), input and output sizes come from the data."""
+    activation: str = "relu"
+    """Hidden activation: relu or tanh."""
+    backend: str = "float32"
+    """Device model: a name in ``device_models/`` or a path to a TOML file."""
+    optimizer: str = "sgd"
+    """sgd, momentum, nag (Nesterov), rmsprop or adam."""
+    grapes: str = "off"
+    """GRAPES modulation: off, local or propagating."""
+    credit: str = "bp"
+    """Credit assignment: bp, fa or dfa."""
+    lr: float = 0.1
+    """Learning rate (dimensionless step multiplier)."""
+    momentum: float = 0.9
+    """Momentum coefficient gamma for momentum and nag (dimensionless, in [0, 1))."""
+    batch_size: int = 64
+    """Minibatch size (samples)."""
+    epochs: int = 10
+    """Number of passes over the training set."""
+    seed: int = 0
+    """Seed for initialisation, data order, dropout, subsets and device noise."""
+    train_subset: int | None = None
+    """Train on a seeded random subset of this many samples (None: all)."""
+    val_fraction: float = 0.0
+    """Fraction of the training set held out as a seeded validation split, in [0, 1)."""
+    dropout: float = 0.0
+    """Dropout probability of hidden nodes (one node mask per minibatch), in [0, 1)."""
+    lr_matched: bool = False
+    """The paper's control: plain SGD with lr times the mean GRAPES factor at init."""
+    bias: bool = False
+    """Give every layer a bias (digital, float32)."""
+    grapes_lower: float | None = 1.0
+    """Lower bound of the GRAPES factor (None: unbounded, the published FA/DFA variant)."""
+    grapes_bits: int | None = None
+    """Hold the GRAPES factor at this many bits (None: full precision)."""
+    grapes_ideal_read: bool = False
+    """GRAPES importance from ideal stored weights rather than the hardware read."""
+    data_dir: str | None = None
+    """Where to look first for dataset files."""
+    download: bool = True
+    """Allow downloading a missing dataset into the cache."""
+    extra: dict = field(default_factory=dict)
+    """Options of extension modules (e.g. optimizer state precision), passed through."""
+
+    def check(self) -> None:
+        from .data import DATASETS
+
+        require(self.dataset in DATASETS, "--dataset",
+                f"got {self.dataset!r}; allowed values: {', '.join(DATASETS)}")
+        require(len(self.layers) >= 1 and all(int(n) > 0 for n in self.layers), "--layers",
+                f"got {list(self.layers)}; expected positive integers, e.g. 256,256,256")
+        require(self.activation in ("relu", "tanh"), "--activation",
+                f"got {self.activation!r}; allowed values: relu, tanh")
+        require(self.optimizer in ("sgd", "momentum", "nag", "rmsprop", "adam"), "--optimizer",
+                f"got {self.optimizer!r}; allowed values: sgd, momentum, nag, rmsprop, adam")
+        require(self.credit in ("bp", "fa", "dfa"), "--credit",
+                f"got {self.credit!r}; allowed values: bp, fa, dfa")
+        require(math.isfinite(self.lr) and self.lr > 0, "--lr",
+                f"got {self.lr}; must be a positive number")
+        require(0 <= self.momentum < 1, "--momentum", f"got {self.momentum}; must be in [0, 1)")
+        require(self.batch_size >= 1, "--batch-size", f"got {self.batch_size}; must be >= 1")
+        require(self.epochs >= 1, "--epochs", f"got {self.epochs}; must be >= 1")
+        require(self.train_subset is None or self.train_subset >= 1, "--train-subset",
+                f"got {self.train_subset}; must be >= 1")
+        require(0 <= self.val_fraction < 1, "--val-fraction",
+                f"got {self.val_fraction}; must be in [0, 1)")
+        require(0 <= self.dropout < 1, "--dropout", f"got {self.dropout}; must be in [0, 1)")
+        require(not (self.lr_matched and self.grapes != "off"), "--lr-matched",
+                "is the SGD control for GRAPES; use it with --grapes off")
+        self.grapes_params().check()
+
+    def grapes_params(self) -> GrapesParameters:
+        return GrapesParameters(mode=self.grapes, lower=self.grapes_lower,  # type: ignore[arg-type]
+                                bits=self.grapes_bits, ideal_read=self.grapes_ideal_read)
+
+
+def versions() -> dict:
+    out = {"grapes_hw": __version__, "python": platform.python_version(),
+           "torch": torch.__version__, "numpy": np.__version__}
+    for mod in ("scipy", "sklearn", "numba", "aihwkit"):
+        m = sys.modules.get(mod)
+        if m is not None:
+            out[mod] = getattr(m, "__version__", "?")
+    return out
+
+
+def build_network(cfg: TrainConfig, model: DeviceModel, n_in: int, n_out: int) -> Network:
+    """He-uniform initialised network on ``model``'s backend, seeded by ``cfg.seed``."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    sizes = [n_in, *[int(n) for n in cfg.layers], n_out]
+    layers = []
+    for i in range(len(sizes) - 1):
+        shape = (sizes[i + 1], sizes[i])
+        backend = make_backend(model, shape, seed=cfg.seed * 1000 + i)
+        backend.program(he_uniform(shape, gen))
+        layers.append(HWLinear(backend, bias=cfg.bias))
+    return Network(layers, cfg.activation, cfg.dropout,  # type: ignore[arg-type]
+                   generator=torch.Generator().manual_seed(cfg.seed + 7919))
+
+
+def evaluate(net: Network, x: torch.Tensor, y: torch.Tensor) -> float:
+    if x.shape[0] == 0:
+        return float("nan")
+    return float((net.predict(x) == y).double().mean())
+
+
+def total_pulses(net: Network) -> int:
+    n = 0
+    for layer in net.layers:
+        n += int(layer.backend.pulses())
+        if layer.bias is not None:
+            n += int(layer.bias.pulses())
+    return n
+
+
+def memory_report(net: Network, optimizer, credit) -> dict:
+    reports = [layer.backend.memory() for layer in net.layers]
+    return {
+        "n_weights": sum(r.n_weights for r in reports),
+        "weight_digital_bytes": sum(r.digital_bytes for r in reports),
+        "device_count": sum(r.device_count for r in reports),
+        "bits_per_weight": reports[0].bits_per_weight if reports else 0,
+        "optimizer_state_bytes": int(optimizer.state_bytes()),
+        "feedback_bytes": int(credit.state_bytes()),
+        "grapes_state_bytes": 0,
+    }
+
+
+EpochCallback = Callable[[dict], None]
+
+
+def run(cfg: TrainConfig, *, progress: bool = False,
+        on_epoch: EpochCallback | None = None, dataset=None) -> dict:
+    """Train one network as configured; return the result dictionary."""
+    from .data import load_dataset
+
+    cfg.check()
+    model = load_device_model(cfg.backend)
+    torch.manual_seed(cfg.seed)
+    data = dataset or load_dataset(cfg.dataset, data_dir=cfg.data_dir,
+                                   train_subset=cfg.train_subset, val_fraction=cfg.val_fraction,
+                                   seed=cfg.seed, download=cfg.download, progress=progress)
+    x_train = torch.from_numpy(np.ascontiguousarray(data.x_train, dtype=np.float32))
+    y_train = torch.from_numpy(np.asarray(data.y_train, dtype=np.int64))
+    x_test = torch.from_numpy(np.ascontiguousarray(data.x_test, dtype=np.float32))
+    y_test = torch.from_numpy(np.asarray(data.y_test, dtype=np.int64))
+    x_val = torch.from_numpy(np.ascontiguousarray(data.x_val, dtype=np.float32))
+    y_val = torch.from_numpy(np.asarray(data.y_val, dtype=np.int64))
+
+    net = build_network(cfg, model, x_train.shape[1], data.n_classes)
+    credit = make_credit(cfg.credit, net, torch.Generator().manual_seed(cfg.seed + 104729))
+    optimizer = make_optimizer(cfg.optimizer, cfg.momentum, **cfg.extra.get("optimizer", {}))
+    grapes = cfg.grapes_params()
+    learner = Learner(net, credit, grapes, optimizer)
+
+    lr = cfg.lr
+    lr_scale = 1.0
+    if cfg.lr_matched:
+        imps = [credit.importance(l) for l in range(net.n_hidden)]
+        lr_scale = mean_factor(imps, cfg.grapes_lower)
+        lr = cfg.lr * lr_scale
+
+    order_gen = torch.Generator().manual_seed(cfg.seed + 15485863)
+    n = x_train.shape[0]
+    bs = cfg.batch_size
+    n_batches = math.ceil(n / bs)
+    epochs: list[dict] = []
+    status, diverged_epoch = "ok", None
+    interrupted = False
+    t_start = time.perf_counter()
+    pulses_before = total_pulses(net)
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.epochs * n_batches, unit="batch", leave=False,
+                   disable=not sys.stderr.isatty())
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            if interrupted:
+                break
+            t0 = time.perf_counter()
+            perm = torch.randperm(n, generator=order_gen)
+            loss_sum, correct = 0.0, 0
+            seen = 0
+            try:
+                for b in range(n_batches):
+                    idx = perm[b * bs:(b + 1) * bs]
+                    loss, c = learner.step(x_train[idx], y_train[idx], lr)
+                    loss_sum += loss
+                    correct += c
+                    seen += idx.shape[0]
+                    if not math.isfinite(loss):
+                        break
+                    if bar is not None:
+                        bar.update(1)
+            except KeyboardInterrupt:
+                # Keep what is done: this epoch is recorded as partial, the run as interrupted.
+                interrupted = True
+                status = "interrupted"
+                if seen == 0:
+                    break
+            seconds = time.perf_counter() - t0
+            finite = math.isfinite(loss_sum) and all(
+                bool(torch.isfinite(layer.backend.read()).all()) for layer in net.layers)
+            pulses_now = total_pulses(net)
+            rec = {
+                "epoch": epoch,
+                "train_loss": loss_sum / max(seen, 1) if finite else None,
+                "train_acc": correct / max(seen, 1),
+                "test_acc": evaluate(net, x_test, y_test) if finite else None,
+                "seconds": seconds,
+                "pulses": pulses_now - pulses_before,
+            }
+            pulses_before = pulses_now
+            if seen < n:
+                rec["partial"] = True
+            if x_val.shape[0]:
+                rec["val_acc"] = evaluate(net, x_val, y_val) if finite else None
+            epochs.append(rec)
+            if on_epoch is not None:
+                on_epoch(rec)
+            if not finite:
+                status, diverged_epoch = "diverged", epoch
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+
+    tests = [e["test_acc"] for e in epochs if e["test_acc"] is not None]
+    fit = fit_plateau(tests)
+    config = to_dict(cfg)
+    config["layers"] = [int(v) for v in cfg.layers]
+    config["lr_effective"] = lr
+    config["lr_scale"] = lr_scale
+    return {
+        "config": config,
+        "device_model": model.to_dict(),
+        "dataset": {"name": data.name, "source": data.source, "n_train": int(n),
+                    "n_test": int(x_test.shape[0]), "n_val": int(x_val.shape[0])},
+        "epochs": epochs,
+        "best_test_acc": max(tests) if tests else None,
+        "final_test_acc": tests[-1] if tests else None,
+        "slowness": fit["slowness"],
+        "plateau_fit": fit,
+        "status": status,
+        "diverged_epoch": diverged_epoch,
+        "optimizer_state_bytes": int(optimizer.state_bytes()),
+        "memory": memory_report(net, optimizer, credit),
+        "pulses_total": sum(e["pulses"] for e in epochs),
+        "seconds_total": time.perf_counter() - t_start,
+        "versions": versions(),
+    }
+
+
+def with_overrides(cfg: TrainConfig, **kw) -> TrainConfig:
+    return replace(cfg, **kw)

@@ -1,0 +1,30 @@
+"""Shared fixtures: small hand-made networks on the float backend."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+from grapes_hw.backends.float_backend import FloatBackend, FloatParams  # noqa: E402
+from grapes_hw.network import HWLinear, Network  # noqa: E402
+
+
+def make_net(weights: list[torch.Tensor], activation: str = "relu", bias: bool = False,
+             dtype: str = "float64") -> Network:
+    layers = []
+    for w in weights:
+        b = FloatBackend(tuple(w.shape), FloatParams(dtype=dtype))
+        b.program(w)
+        layers.append(HWLinear(b, bias=bias))
+    return Network(layers, activation)
+
+
+@pytest.fixture
+def small_weights() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    shapes = [(7, 5), (6, 7), (4, 6)]
+    return [torch.randn(s, generator=g, dtype=torch.float64) * 0.7 for s in shapes]
