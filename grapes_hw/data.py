@@ -1,0 +1,674 @@
+"""Datasets: scikit-learn's 8x8 digits, Fashion-MNIST and MNIST.
+
+``load_dataset(name, ...)`` returns a :class:`Dataset` of float32 images flattened to rows with
+values in [0, 1] and int64 labels, split into train / validation / test.
+
+* ``digits`` comes with scikit-learn (1,797 images of 8x8 pixels, values 0..16). It has no
+  official test split, so a fixed stratified 75/25 split (``random_state=0``) is used that does
+  not depend on ``seed``: every run is scored on the same 450 test images.
+* ``fashion-mnist`` and ``mnist`` are read from the four canonical IDX gzip files
+  (``train-images-idx3-ubyte.gz``, ``train-labels-idx1-ubyte.gz``, ``t10k-images-idx3-ubyte.gz``,
+  ``t10k-labels-idx1-ubyte.gz``). A directory holding all four is looked for, in this order:
+
+  1. ``data_dir`` (the CLI's ``--data-dir``): the dataset folder itself, or a parent with a
+     ``<name>/`` folder (or torchvision's ``MNIST/raw`` / ``FashionMNIST/raw``);
+  2. ``$GRAPES_HW_DATA/<name>``;
+  3. the download cache ``$GRAPES_HW_CACHE/<name>``, by default ``~/.cache/grapes_hw/<name>``;
+  4. ``/usr/share/datasets/<name>`` (Debian's ``dataset-fashion-mnist`` package installs
+     Fashion-MNIST there).
+
+  If none has them and downloading is allowed, the missing files are downloaded into the cache.
+
+Every file read or downloaded is checked against the size and digests in :data:`CHECKSUMS`; a
+missing, truncated or damaged file raises :class:`~grapes_hw.errors.DataError` naming the file.
+Parsed arrays are cached in-process (keyed on path, size and mtime), so repeated loads in tests
+and sweeps are cheap; callers always get fresh arrays and cannot corrupt the cache.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import http.client
+import math
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError, DataError
+
+__all__ = [
+    "CHECKSUMS",
+    "DATASETS",
+    "IDX_FILES",
+    "MIRRORS",
+    "Dataset",
+    "FileVariant",
+    "cache_dir",
+    "download_file",
+    "find_dataset_dir",
+    "load_dataset",
+    "load_idx",
+]
+
+DATASETS: tuple[str, ...] = ("digits", "fashion-mnist", "mnist")
+"""Names accepted by :func:`load_dataset` (and the CLI's ``--dataset``)."""
+
+IDX_DATASETS: tuple[str, ...] = ("fashion-mnist", "mnist")
+"""The datasets stored as IDX gzip files."""
+
+IDX_FILES: dict[str, str] = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+"""Role -> canonical file name, the same for MNIST and Fashion-MNIST."""
+
+MIRRORS: dict[str, tuple[str, ...]] = {
+    "mnist": (
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    ),
+    "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+}
+"""Download base URLs, tried in order; the file name is appended."""
+
+HOMEPAGES: dict[str, str] = {
+    "mnist": "https://yann.lecun.com/exdb/mnist/",
+    "fashion-mnist": "https://github.com/zalandoresearch/fashion-mnist",
+}
+
+SYSTEM_DATA_DIRS: tuple[Path, ...] = (Path("/usr/share/datasets"),)
+"""System-wide dataset roots searched last (``<root>/<name>``)."""
+
+DOWNLOAD_TIMEOUT_S: float = 10.0
+"""Socket timeout of one download attempt; short, so offline machines fail fast."""
+
+_TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+_N_CLASSES = 10
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class FileVariant:
+    """One known byte-exact copy of a dataset file.
+
+    A file matches when its size and every digest given here are equal. ``md5`` is the digest
+    the dataset authors publish; ``sha256`` is stronger and preferred where known.
+    """
+
+    origin: str
+    size: int
+    sha256: str | None = None
+    md5: str | None = None
+
+    def describe(self) -> str:
+        """The expected digests as text: ``sha256 ..., md5 ... (SIZE bytes, ORIGIN)``."""
+        parts = [f"{alg} {d}" for alg, d in (("sha256", self.sha256), ("md5", self.md5)) if d]
+        return f"{', '.join(parts)} ({self.size} bytes, {self.origin})"
+
+
+# How these were verified:
+# * MNIST t10k-*: SHA-256 from /work/shared/data/mnist/SHA256SUMS, and md5/sha256/size
+#   recomputed from the real files; md5 equals the official one.
+# * MNIST train-*: the official md5; the SHA-256 and sizes are the values published by
+#   torchvision/TFDS and many independent loaders (their t10k values match the real files here).
+# * Fashion-MNIST upstream: md5 and sizes from the zalandoresearch/fashion-mnist README. Debian's
+#   package ships the same deflate streams with the gzip header normalised (file name dropped,
+#   mtime set), so its .gz bytes differ. Re-inserting the original header (FNAME, mtime
+#   1504176606 / 1504176627) into the Debian files reproduces the four upstream md5s exactly; the
+#   SHA-256s of those reconstructions equal the ones published by TFDS. The Debian variant's
+#   digests were computed from /usr/share/datasets/fashion-mnist (dataset-fashion-mnist
+#   0.0~git20200523.55506a9-1). Both copies decompress to identical IDX bytes.
+_UPSTREAM = "official"
+_DEBIAN = "Debian dataset-fashion-mnist"
+
+CHECKSUMS: dict[str, dict[str, tuple[FileVariant, ...]]] = {
+    "mnist": {
+        "train-images-idx3-ubyte.gz": (
+            FileVariant(_UPSTREAM, 9912422,
+                        sha256="440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+                        md5="f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+        ),
+        "train-labels-idx1-ubyte.gz": (
+            FileVariant(_UPSTREAM, 28881,
+                        sha256="3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+                        md5="d53e105ee54ea40749a09fcbcd1e9432"),
+        ),
+        "t10k-images-idx3-ubyte.gz": (
+            FileVariant(_UPSTREAM, 1648877,
+                        sha256="8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+                        md5="9fb629c4189551a2d022fa330f9573f3"),
+        ),
+        "t10k-labels-idx1-ubyte.gz": (
+            FileVariant(_UPSTREAM, 4542,
+                        sha256="f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+                        md5="ec29112dd5afa0611ce80d1b7f02629c"),
+        ),
+    },
+    "fashion-mnist": {
+        "train-images-idx3-ubyte.gz": (
+            FileVariant(_UPSTREAM, 26421880,
+                        sha256="3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+                        md5="8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+            FileVariant(_DEBIAN, 26421856,
+                        sha256="b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
+                        md5="cf8536b0aa1a6ac5fa3f23001093305c"),
+        ),
+        "train-labels-idx1-ubyte.gz": (
+            FileVariant(_UPSTREAM, 29515,
+                        sha256="a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+                        md5="25c81989df183df01b3e8a0aad5dffbe"),
+            FileVariant(_DEBIAN, 29491,
+                        sha256="0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+                        md5="10bea18fdb374794d4bb42e356e600c9"),
+        ),
+        "t10k-images-idx3-ubyte.gz": (
+            FileVariant(_UPSTREAM, 4422102,
+                        sha256="346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+                        md5="bef4ecab320f06d8554ea6380940ec79"),
+            FileVariant(_DEBIAN, 4422079,
+                        sha256="cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+                        md5="f78720b4224f21cce2f2ccf2d7a94c9a"),
+        ),
+        "t10k-labels-idx1-ubyte.gz": (
+            FileVariant(_UPSTREAM, 5148,
+                        sha256="67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+                        md5="bb300cfdad3c16e7a12a480ee83cd310"),
+            FileVariant(_DEBIAN, 5125,
+                        sha256="8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+                        md5="0d30e22e447f3c33dab9ed536400ac01"),
+        ),
+    },
+}
+"""Dataset -> file name -> accepted byte-exact copies."""
+
+
+@dataclass
+class Dataset:
+    """A dataset split into train / validation / test, images flattened to rows.
+
+    ``x_*`` are float32 ``(N, D)`` with values in [0, 1] (``D`` = pixels per image), ``y_*``
+    int64 ``(N,)``. ``x_val`` is ``(0, D)`` when there is no validation split. ``source`` is the
+    directory the files were read from, or ``"sklearn"``.
+    """
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    n_classes: int
+    image_shape: tuple[int, int]
+    source: str
+
+
+# --------------------------------------------------------------------------- option checks
+
+
+def _check_name(name: str, allowed: Sequence[str] = DATASETS) -> None:
+    if name not in allowed:
+        raise ConfigError("--dataset", f"got {name!r}; allowed values: {', '.join(allowed)}")
+
+
+def _check_train_subset(train_subset: int | None) -> None:
+    if train_subset is None:
+        return
+    if isinstance(train_subset, bool) or not isinstance(train_subset, (int, np.integer)) \
+            or train_subset < 1:
+        raise ConfigError("--train-subset",
+                          f"got {train_subset!r}; must be a whole number >= 1 (or unset for all)")
+
+
+def _check_val_fraction(val_fraction: float) -> float:
+    try:
+        v = float(val_fraction)
+    except (TypeError, ValueError):
+        v = math.nan
+    if not (math.isfinite(v) and 0.0 <= v < 1.0):
+        raise ConfigError("--val-fraction", f"got {val_fraction!r}; must be in [0, 1)")
+    return v
+
+
+# --------------------------------------------------------------------------- checksums
+
+
+@dataclass(frozen=True)
+class _Digest:
+    size: int
+    sha256: str
+    md5: str
+
+    def matches(self, v: FileVariant) -> bool:
+        return (self.size == v.size and (v.sha256 is None or v.sha256 == self.sha256)
+                and (v.md5 is None or v.md5 == self.md5))
+
+
+def _digest_bytes(data: bytes) -> _Digest:
+    return _Digest(len(data), hashlib.sha256(data).hexdigest(),
+                   hashlib.md5(data, usedforsecurity=False).hexdigest())
+
+
+def _known_variants(filename: str, dataset: str | None) -> tuple[FileVariant, ...]:
+    """Accepted copies of ``filename``: of ``dataset``, or of any dataset when None."""
+    names = [dataset] if dataset is not None else list(CHECKSUMS)
+    out: list[FileVariant] = []
+    for ds in names:
+        out.extend(CHECKSUMS.get(ds, {}).get(filename, ()))
+    return tuple(out)
+
+
+def _verify(label: str, got: _Digest, variants: Sequence[FileVariant]) -> None:
+    """Raise DataError unless ``got`` matches one of ``variants`` (no-op when none known)."""
+    if not variants or any(got.matches(v) for v in variants):
+        return
+    expected = "; ".join(v.describe() for v in variants)
+    sizes = sorted({v.size for v in variants})
+    if got.size < min(sizes):
+        problem = (f"is truncated: {got.size} bytes, expected "
+                   f"{' or '.join(str(s) for s in sizes)} bytes")
+    elif got.size not in sizes:
+        problem = (f"has the wrong size: {got.size} bytes, expected "
+                   f"{' or '.join(str(s) for s in sizes)} bytes")
+    else:
+        problem = "fails its checksum"
+    raise DataError(
+        f"{label} {problem}.\n  expected: {expected}\n"
+        f"  got:      sha256 {got.sha256}, md5 {got.md5} ({got.size} bytes)\n"
+        "  The file is damaged or not the official one: delete it and download it again "
+        "(or reinstall the package that provided it).")
+
+
+# --------------------------------------------------------------------------- IDX parsing
+
+_IDX_DTYPES: dict[int, np.dtype] = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+def _decompress(label: str, raw: bytes) -> bytes:
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except EOFError as e:
+        raise DataError(f"{label} is truncated: the gzip stream ends early ({len(raw)} bytes "
+                        f"read; {e})") from e
+    except (OSError, zlib.error) as e:
+        raise DataError(f"{label} is not a valid gzip file ({e})") from e
+
+
+def _parse_idx(label: str, buf: bytes) -> np.ndarray:
+    """Parse IDX bytes (already decompressed) into a read-only array in native byte order."""
+    if len(buf) < 4:
+        raise DataError(f"{label} is truncated: {len(buf)} bytes, too short for an IDX header")
+    if buf[0] != 0 or buf[1] != 0 or buf[2] not in _IDX_DTYPES:
+        raise DataError(f"{label} is not an IDX file (magic bytes {buf[:4].hex()})")
+    dtype = _IDX_DTYPES[buf[2]]
+    ndim = buf[3]
+    header = 4 + 4 * ndim
+    if len(buf) < header:
+        raise DataError(f"{label} is truncated: {len(buf)} bytes, shorter than its "
+                        f"{header}-byte IDX header")
+    shape = tuple(int(d) for d in np.frombuffer(buf, ">u4", count=ndim, offset=4))
+    count = math.prod(shape)
+    need = count * dtype.itemsize
+    have = len(buf) - header
+    if have < need:
+        raise DataError(f"{label} is truncated: its header declares shape {shape} "
+                        f"({need} data bytes) but only {have} data bytes follow")
+    if have > need:
+        raise DataError(f"{label} has the wrong size: its header declares shape {shape} "
+                        f"({need} data bytes) but {have} data bytes follow")
+    arr = np.frombuffer(buf, dtype, count=count, offset=header).reshape(shape)
+    if dtype.byteorder == ">" and sys.byteorder == "little":
+        arr = arr.astype(dtype.newbyteorder("="))
+    arr.flags.writeable = False
+    return arr
+
+
+@functools.lru_cache(maxsize=32)
+def _load_idx_cached(path: str, dataset: str | None, verify: bool, size: int,
+                     mtime_ns: int) -> np.ndarray:
+    """Read, verify and parse one IDX file; cached on (path, options, size, mtime)."""
+    p = Path(path)
+    label = str(p)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError as e:
+        raise DataError(f"{label} does not exist") from e
+    except OSError as e:
+        raise DataError(f"{label} cannot be read: {e}") from e
+    if verify:
+        _verify(label, _digest_bytes(raw), _known_variants(p.name, dataset))
+    return _parse_idx(label, _decompress(label, raw))
+
+
+def _load_idx_readonly(path: Path, *, dataset: str | None = None,
+                       verify: bool = True) -> np.ndarray:
+    try:
+        st = path.stat()
+    except FileNotFoundError as e:
+        raise DataError(f"{path} does not exist") from e
+    except OSError as e:
+        raise DataError(f"{path} cannot be read: {e}") from e
+    return _load_idx_cached(str(path.resolve()), dataset, verify, st.st_size, st.st_mtime_ns)
+
+
+def load_idx(path: str | os.PathLike, *, dataset: str | None = None,
+             verify: bool = True) -> np.ndarray:
+    """Parse one IDX file (gzip-compressed or not) into a numpy array.
+
+    The header (magic, element type, dimensions) is validated against the file size; a short
+    or over-long file raises :class:`DataError`. When ``verify`` is true and the file has a
+    canonical name (e.g. ``t10k-images-idx3-ubyte.gz``), its bytes must match a known copy in
+    :data:`CHECKSUMS` -- of ``dataset`` if given, else of any dataset. Returns a fresh, writable
+    array in native byte order (uint8 for images and labels).
+    """
+    if dataset is not None:
+        _check_name(dataset, IDX_DATASETS)
+    return _load_idx_readonly(Path(path), dataset=dataset, verify=verify).copy()
+
+
+# --------------------------------------------------------------------------- locating files
+
+
+def cache_dir(name: str | None = None) -> Path:
+    """The download cache: ``$GRAPES_HW_CACHE`` or ``~/.cache/grapes_hw`` (``/<name>`` if given)."""
+    env = os.environ.get("GRAPES_HW_CACHE")
+    root = Path(env).expanduser() if env else Path.home() / ".cache" / "grapes_hw"
+    return root / name if name else root
+
+
+def _candidates(name: str, data_dir: str | os.PathLike | None) -> list[tuple[Path | None, str]]:
+    """Places to look for ``name``, in order, as (directory or None, how it was chosen)."""
+    out: list[tuple[Path | None, str]] = []
+    if data_dir is not None:
+        d = Path(data_dir).expanduser()
+        out += [(d, "--data-dir"), (d / name, "--data-dir"),
+                (d / _TORCHVISION_FOLDERS[name] / "raw", "--data-dir, torchvision layout")]
+    env = os.environ.get("GRAPES_HW_DATA")
+    out.append((Path(env).expanduser() / name if env else None, "$GRAPES_HW_DATA/<name>"))
+    out.append((cache_dir(name), "download cache"))
+    out += [(root / name, "system") for root in SYSTEM_DATA_DIRS]
+    return out
+
+
+def _missing_files(d: Path) -> list[str]:
+    return [f for f in IDX_FILES.values() if not (d / f).is_file()]
+
+
+def _search(name: str, data_dir: str | os.PathLike | None) -> tuple[Path | None, list[str]]:
+    """First directory holding all four files, and a report line per place looked at."""
+    report: list[str] = []
+    seen: set[Path] = set()
+    for d, how in _candidates(name, data_dir):
+        if d is None:
+            report.append(f"{how}: GRAPES_HW_DATA is not set")
+            continue
+        if d in seen:
+            continue
+        seen.add(d)
+        if not d.is_dir():
+            report.append(f"{d} ({how}): no such directory")
+            continue
+        missing = _missing_files(d)
+        if not missing:
+            return d, report
+        report.append(f"{d} ({how}): missing {', '.join(missing)}")
+    return None, report
+
+
+def _how_to_provide(name: str) -> str:
+    files = ", ".join(IDX_FILES.values())
+    urls = " or ".join(MIRRORS[name])
+    return (f"To provide {name}, put the four files {files} (from {urls}; see "
+            f"{HOMEPAGES[name]}) into one folder and pass it with --data-dir DIR (data_dir=...), "
+            f"or put them in $GRAPES_HW_DATA/{name} or {cache_dir(name)}"
+            + (", or install Debian's package dataset-fashion-mnist"
+               if name == "fashion-mnist" else "") + ".")
+
+
+def find_dataset_dir(name: str, data_dir: str | os.PathLike | None = None) -> Path:
+    """The first directory holding all four IDX files of ``name``.
+
+    Looks in ``data_dir`` (itself, ``<data_dir>/<name>``, ``<data_dir>/MNIST/raw`` or
+    ``<data_dir>/FashionMNIST/raw``), ``$GRAPES_HW_DATA/<name>``, :func:`cache_dir` and
+    ``/usr/share/datasets/<name>``. Raises :class:`DataError` listing every place looked at.
+    Files are not verified here; that happens when they are read.
+    """
+    _check_name(name)
+    if name not in IDX_DATASETS:
+        raise ConfigError("--dataset", f"{name!r} comes with scikit-learn and has no dataset "
+                                       f"folder; datasets read from files: "
+                                       f"{', '.join(IDX_DATASETS)}")
+    found, report = _search(name, data_dir)
+    if found is None:
+        raise DataError(f"{name}: dataset files not found. Looked in:\n  - "
+                        + "\n  - ".join(report) + "\n" + _how_to_provide(name))
+    return found
+
+
+# --------------------------------------------------------------------------- downloading
+
+
+def _progress_bar(total: int | None, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                disable=not (enabled and sys.stderr.isatty()), leave=False)
+
+
+def _fetch(url: str, dest: Path, filename: str, variants: Sequence[FileVariant],
+           progress: bool) -> None:
+    """Download ``url`` to a temp file next to ``dest``, verify, then rename atomically."""
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{filename}.", suffix=".part")
+    tmp = Path(tmp_name)
+    done = False
+    try:
+        sha, md5, size = hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0
+        req = urllib.request.Request(url, headers={"User-Agent": "grapes_hw"})
+        with os.fdopen(fd, "wb") as out, \
+                urllib.request.urlopen(req, timeout=DOWNLOAD_TIMEOUT_S) as resp:
+            length = resp.headers.get("Content-Length") if resp.headers is not None else None
+            total = int(length) if length and str(length).isdigit() else None
+            with _progress_bar(total, filename, progress) as bar:
+                while chunk := resp.read(_CHUNK):
+                    out.write(chunk)
+                    sha.update(chunk)
+                    md5.update(chunk)
+                    size += len(chunk)
+                    bar.update(len(chunk))
+        _verify(f"{filename} downloaded from {url}", _Digest(size, sha.hexdigest(),
+                                                             md5.hexdigest()), variants)
+        os.replace(tmp, dest)
+        done = True
+    finally:
+        if not done:
+            tmp.unlink(missing_ok=True)
+
+
+def download_file(name: str, filename: str, *, dest_dir: str | os.PathLike | None = None,
+                  progress: bool = True) -> Path:
+    """Download one canonical file of ``name`` into ``dest_dir`` (default :func:`cache_dir`).
+
+    Mirrors in :data:`MIRRORS` are tried in order with a short timeout. The file is written to a
+    temporary name, checked against :data:`CHECKSUMS` (deleted on mismatch) and renamed into
+    place atomically. Raises :class:`DataError` when no mirror gives a verified copy.
+    """
+    _check_name(name, IDX_DATASETS)
+    variants = CHECKSUMS[name].get(filename)
+    if not variants:
+        raise DataError(f"{filename} is not a file of {name}; files: "
+                        f"{', '.join(IDX_FILES.values())}")
+    dest_dir = Path(dest_dir) if dest_dir is not None else cache_dir(name)
+    created = not dest_dir.exists()
+    try:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create the download folder {dest_dir}: {e}") from e
+    dest = dest_dir / filename
+    failures: list[str] = []
+    for base in MIRRORS[name]:
+        url = base + filename
+        try:
+            _fetch(url, dest, filename, variants, progress)
+            return dest
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+            reason = getattr(e, "reason", None) or e
+            failures.append(f"{url}: {reason}")
+        except DataError as e:
+            failures.append(str(e))
+    if created:
+        try:
+            dest_dir.rmdir()  # leave no empty folder behind (fails harmlessly if not empty)
+        except OSError:
+            pass
+    raise DataError(f"could not download {filename} of {name}:\n  - "
+                    + "\n  - ".join(failures))
+
+
+# --------------------------------------------------------------------------- raw loaders
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn digits with the fixed stratified split, as read-only arrays."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = (d.data / 16.0).astype(np.float32)
+    y = d.target.astype(np.int64)
+    arrays = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
+    x_tr, x_te, y_tr, y_te = (np.ascontiguousarray(a) for a in arrays)
+    for a in (x_tr, x_te, y_tr, y_te):
+        a.flags.writeable = False
+    return x_tr, y_tr, x_te, y_te
+
+
+def _locate(name: str, data_dir: str | os.PathLike | None, download: bool,
+            progress: bool) -> Path:
+    """The folder with all four files of ``name``, downloading missing ones if allowed."""
+    found, report = _search(name, data_dir)
+    if found is not None:
+        return found
+    places = "Looked in:\n  - " + "\n  - ".join(report)
+    if not download:
+        raise DataError(f"{name}: dataset files not found and downloading is disabled "
+                        f"(--no-download). {places}\n{_how_to_provide(name)}")
+    dest = cache_dir(name)
+    for filename in IDX_FILES.values():
+        if (dest / filename).is_file():
+            continue
+        try:
+            download_file(name, filename, dest_dir=dest, progress=progress)
+        except DataError as e:
+            raise DataError(f"{name}: dataset files not found and the download failed. "
+                            f"{places}\nDownload: {e}\n{_how_to_provide(name)}") from e
+    return dest
+
+
+def _idx_arrays(name: str, folder: Path) -> tuple[np.ndarray, ...]:
+    """Verified (x_train, y_train, x_test, y_test) uint8 read-only arrays of ``folder``."""
+    arrs = {role: _load_idx_readonly(folder / fn, dataset=name) for role, fn in IDX_FILES.items()}
+    for split in ("train", "test"):
+        x, y = arrs[f"{split}_images"], arrs[f"{split}_labels"]
+        if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0] or x.dtype != np.uint8:
+            raise DataError(f"{folder}: {split} images {x.shape} and labels {y.shape} do not "
+                            f"form a dataset")
+        if y.size and int(y.max()) >= _N_CLASSES:
+            raise DataError(f"{folder / IDX_FILES[f'{split}_labels']}: label {int(y.max())} "
+                            f"outside 0..{_N_CLASSES - 1}")
+    return arrs["train_images"], arrs["train_labels"], arrs["test_images"], arrs["test_labels"]
+
+
+def _to_float(images: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
+    """uint8 images (N, H, W) -> fresh float32 rows (N, H*W) in [0, 1]."""
+    sel = images if idx is None else images[idx]
+    rows = sel.reshape(sel.shape[0], math.prod(sel.shape[1:]))
+    return np.divide(rows, np.float32(255), dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- public loader
+
+
+def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
+                 train_subset: int | None = None, val_fraction: float = 0.0, seed: int = 0,
+                 download: bool = True, progress: bool = True) -> Dataset:
+    """Load ``name`` (one of :data:`DATASETS`) as a :class:`Dataset`.
+
+    ``train_subset``: keep a random subset of this many training samples (chosen with
+    ``seed``). ``val_fraction``: hold out this fraction of the (subsetted) training set as a
+    validation split (also by ``seed``). The test set never depends on ``seed``.
+    ``data_dir``/``download``/``progress``: where to look first, whether a missing dataset
+    may be downloaded into the cache, and whether to show a download progress bar.
+
+    Raises :class:`ConfigError` for bad options and :class:`DataError` for missing, truncated
+    or damaged files.
+    """
+    _check_name(name)
+    _check_train_subset(train_subset)
+    val_fraction = _check_val_fraction(val_fraction)
+
+    if name == "digits":
+        x_tr, y_tr, x_te, y_te = _digits_arrays()
+        image_shape, source = (8, 8), "sklearn"
+    else:
+        folder = _locate(name, data_dir, download, progress)
+        x_tr, y_tr, x_te, y_te = _idx_arrays(name, folder)
+        image_shape, source = (int(x_tr.shape[1]), int(x_tr.shape[2])), str(folder)
+
+    rng = np.random.default_rng(seed)
+    n = int(y_tr.shape[0])
+    idx = np.arange(n)
+    if train_subset is not None:
+        if train_subset > n:
+            raise ConfigError("--train-subset", f"got {train_subset}; the {name} training set "
+                                                f"has {n} samples, so allowed values are 1..{n}")
+        idx = np.sort(rng.choice(n, size=int(train_subset), replace=False))
+    val_idx = idx[:0]
+    if val_fraction > 0:
+        n_val = max(1, round(val_fraction * idx.size))
+        if n_val >= idx.size:
+            raise ConfigError("--val-fraction", f"got {val_fraction}; it leaves no training "
+                                                f"samples out of {idx.size}; use a smaller "
+                                                "value in [0, 1) or a larger --train-subset")
+        perm = rng.permutation(idx.size)
+        val_idx, idx = np.sort(idx[perm[:n_val]]), np.sort(idx[perm[n_val:]])
+
+    def take_x(x: np.ndarray, i: np.ndarray | None) -> np.ndarray:
+        if x.dtype == np.uint8:
+            return _to_float(x, i)
+        return np.array(x if i is None else x[i], dtype=np.float32)  # always a copy
+
+    full = train_subset is None and val_fraction == 0
+    return Dataset(
+        name=name,
+        x_train=take_x(x_tr, None if full else idx),
+        y_train=np.array(y_tr if full else y_tr[idx], dtype=np.int64),
+        x_test=take_x(x_te, None),
+        y_test=np.array(y_te, dtype=np.int64),
+        x_val=take_x(x_tr, val_idx),
+        y_val=np.array(y_tr[val_idx], dtype=np.int64),
+        n_classes=_N_CLASSES,
+        image_shape=image_shape,
+        source=source,
+    )
