@@ -12,8 +12,18 @@ from grapes_hw.cli import main
 
 
 def run_cli(*args, cwd=None):
+    """The real console entry point in a fresh process (tracebacks would show here)."""
     return subprocess.run([sys.executable, "-m", "grapes_hw.cli", *args], capture_output=True,
                           text=True, cwd=cwd, timeout=300)
+
+
+def call(capsys, *args):
+    """``main`` in-process: returns (exit code, stderr); argparse errors raise SystemExit."""
+    try:
+        rc = main(list(args))
+    except SystemExit as e:
+        rc = e.code
+    return rc, capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, option", [
@@ -30,25 +40,35 @@ def run_cli(*args, cwd=None):
     (["--grapes", "sometimes"], "--grapes"),
     (["--out", "/nonexistent/dir/result.json"], "--out"),
 ])
-def test_bad_values_exit_2_naming_the_option(args, option):
+def test_bad_values_exit_2_naming_the_option(capsys, args, option):
+    rc, err = call(capsys, "train", "--epochs", "1", "--quiet", *args)
+    assert rc == 2, err
+    assert option in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, option", [
+    (["--batch-size", "0"], "--batch-size"),
+    (["--backend", "nosuchmodel"], "--backend"),
+])
+def test_console_process_exits_2_without_traceback(args, option):
     p = run_cli("train", "--epochs", "1", *args)
     assert p.returncode == 2, p.stderr
     assert option in p.stderr
     assert "Traceback" not in p.stderr
 
 
-def test_choice_errors_list_allowed_values():
-    p = run_cli("train", "--optimizer", "adagrad")
-    assert "sgd" in p.stderr and "momentum" in p.stderr
+def test_choice_errors_list_allowed_values(capsys):
+    rc, err = call(capsys, "train", "--optimizer", "adagrad")
+    assert rc == 2 and "sgd" in err and "momentum" in err
 
 
-def test_bad_toml_key_named(tmp_path):
+def test_bad_toml_key_named(capsys, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "x"\ndescription = "d"\nbackend = "float"\n[float]\ndtyp = "float32"\n')
-    p = run_cli("train", "--backend", str(bad), "--epochs", "1")
-    assert p.returncode == 2
-    assert "float.dtyp" in p.stderr and "dtype" in p.stderr
-    assert "Traceback" not in p.stderr
+    rc, err = call(capsys, "train", "--backend", str(bad), "--epochs", "1")
+    assert rc == 2
+    assert "float.dtyp" in err and "dtype" in err
 
 
 def test_train_writes_result_json(tmp_path):
