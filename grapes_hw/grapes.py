@@ -12,6 +12,7 @@ No state is kept between minibatches: ``m`` is recomputed from the weights each 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -63,19 +64,17 @@ def modulation_factor(importance: torch.Tensor, lower: float | None = 1.0,
                       bits: int | None = None) -> torch.Tensor:
     """``m = clip(2 i / max(i), lower, 2)``, optionally held at ``bits`` bits.
 
-    All-zero importance (e.g. a layer of zeros) gives m = 1 everywhere rather than NaN.
+    Returns a new tensor (``importance`` is not modified). All-zero or non-finite importance
+    (e.g. a layer of zeros) gives m = 1 everywhere rather than NaN. Three tensor operations:
+    this runs once per layer per minibatch.
     """
-    top = importance.max()
-    if not torch.isfinite(top) or top <= 0:
+    top = float(importance.max())
+    if not math.isfinite(top) or top <= 0.0:
         return torch.ones_like(importance)
-    m = importance * (2.0 / top)
-    if lower is not None:
-        m.clamp_(min=lower)
-    m.clamp_(max=2.0)
+    m = importance.mul(2.0 / top)
+    m.clamp_(min=lower, max=2.0)
     if bits is not None:
-        lo = 1.0 if lower is None else lower
-        if lower is None:  # unbounded: quantise on [min(m), 2]
-            lo = float(m.min())
+        lo = float(m.min()) if lower is None else lower  # unbounded: quantise on [min m, 2]
         levels = (1 << bits) - 1
         if levels > 0 and lo < 2.0:
             step = (2.0 - lo) / levels
@@ -86,7 +85,7 @@ def modulation_factor(importance: torch.Tensor, lower: float | None = 1.0,
 def mean_factor(importances: list[torch.Tensor], lower: float | None = 1.0) -> float:
     """Mean of m over all hidden nodes: the paper's lr-matched SGD control multiplies the
     learning rate by this, taken at initialisation."""
-    ms = [modulation_factor(i.clone(), lower) for i in importances]
+    ms = [modulation_factor(i, lower) for i in importances]
     if not ms:
         return 1.0
     return float(torch.cat(ms).mean())

@@ -19,11 +19,22 @@ from .network import ForwardCache, Network
 def softmax_error(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float, int]:
     """Output error ``e = softmax(logits) - onehot(y)``, summed cross-entropy, #correct."""
     logp = torch.log_softmax(logits, dim=1)
-    loss = -float(logp.gather(1, y[:, None]).sum())
+    yy = y[:, None]
+    loss = -float(logp.gather(1, yy).sum())
     correct = int((logits.argmax(1) == y).sum())
     e = logp.exp_()
-    e[torch.arange(y.shape[0]), y] -= 1.0
+    e.scatter_add_(1, yy, _neg_ones(y.shape[0], e.dtype))
     return e, loss, correct
+
+
+_NEG_ONES: dict = {}
+
+
+def _neg_ones(n: int, dtype: torch.dtype) -> torch.Tensor:
+    t = _NEG_ONES.get((n, dtype))
+    if t is None:
+        t = _NEG_ONES[(n, dtype)] = torch.full((n, 1), -1.0, dtype=dtype)
+    return t
 
 
 class Learner:
@@ -47,7 +58,7 @@ class Learner:
             keep = self.cache.keep[l] if l < len(self.cache.keep) else None
             if keep is not None:  # dropped nodes: importance 0, hence m = lower bound
                 imp = imp * keep.to(imp.dtype)
-            out.append(modulation_factor(imp.clone(), self.grapes.lower, self.grapes.bits))
+            out.append(modulation_factor(imp, self.grapes.lower, self.grapes.bits))
         return out
 
     def errors(self, e: torch.Tensor, m: list[torch.Tensor | None]) -> list[torch.Tensor]:
@@ -59,9 +70,8 @@ class Learner:
         propagating = self.grapes.mode == "propagating"
         for l in range(L - 2, -1, -1):
             g = self.credit.hidden_error(l, deltas[l + 1], e)
-            net.activation_grad_(g, cache.inputs[l + 1], cache.keep[l])
-            if propagating and m[l] is not None:
-                g.mul_(m[l].to(g.dtype))
+            scale = m[l].to(g.dtype) if propagating and m[l] is not None else None
+            net.activation_grad_(g, cache.inputs[l + 1], cache.keep[l], scale)
             deltas[l] = g
         if self.grapes.mode == "local":
             # Propagation above used the unmodulated errors; scale only the updates.

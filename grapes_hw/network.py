@@ -27,6 +27,30 @@ def he_uniform(shape: tuple[int, int], generator: torch.Generator,
     return (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1).mul_(limit).to(dtype)
 
 
+def _kernels():
+    from . import _kernels as k  # numba: compiled on first use, never at import
+
+    return k
+
+
+def _fusable(g: torch.Tensor, h: torch.Tensor, scale: torch.Tensor | None) -> bool:
+    ok = (g.dtype in (torch.float32, torch.float64) and h.dtype == g.dtype
+          and g.is_contiguous() and h.is_contiguous() and g.device.type == "cpu"
+          and not g.requires_grad and not h.requires_grad)
+    if ok and scale is not None:
+        ok = scale.dtype == g.dtype and scale.is_contiguous() and not scale.requires_grad
+    return ok
+
+
+_DUMMY: dict = {}
+
+
+def _dummy(dtype: torch.dtype):
+    if dtype not in _DUMMY:
+        _DUMMY[dtype] = torch.ones(1, dtype=dtype).numpy()
+    return _DUMMY[dtype]
+
+
 class HWLinear:
     """A fully connected layer ``a = x W^T (+ b)`` whose ``W`` lives in ``backend``."""
 
@@ -98,8 +122,16 @@ class Network:
         raise RuntimeError("network has no layers")
 
     def activation_grad_(self, g: torch.Tensor, h: torch.Tensor,
-                         keep: torch.Tensor | None) -> torch.Tensor:
-        """In place: ``g * f'(a)`` given the layer's output ``h = f(a)`` (after dropout)."""
+                         keep: torch.Tensor | None,
+                         scale: torch.Tensor | None = None) -> torch.Tensor:
+        """In place: ``g * f'(a) (* scale)`` given the layer's output ``h = f(a)`` (after
+        dropout). ``scale`` is a per-node factor (GRAPES' m), fused into the same pass."""
+        if keep is None and _fusable(g, h, scale):
+            k = _kernels()
+            m = scale.numpy() if scale is not None else _dummy(g.dtype)
+            k.act_grad_scale(g.numpy(), h.numpy(), m, self.activation == "relu",
+                             scale is not None)
+            return g
         if self.activation == "relu":
             g.mul_(h > 0)
         else:
@@ -107,6 +139,8 @@ class Network:
             g.mul_(1.0 - hh * hh)
         if keep is not None:
             g.mul_(keep / (1.0 - self.dropout))
+        if scale is not None:
+            g.mul_(scale.to(g.dtype))
         return g
 
     def predict(self, x: torch.Tensor, batch: int = 2048) -> torch.Tensor:
