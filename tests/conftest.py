@@ -8,6 +8,10 @@ import pytest
 import torch
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# One intra-op thread: the networks under test are small, and on a 2-core machine shared with
+# sweep workers or numba threads, OpenMP spin-waiting made tiny matmuls ~100x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 from grapes_hw.backends.float_backend import FloatBackend, FloatParams  # noqa: E402
 from grapes_hw.network import HWLinear, Network  # noqa: E402

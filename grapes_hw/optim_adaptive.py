@@ -1,0 +1,165 @@
+"""Adaptive optimizers with digital state: RMSprop and Adam.
+
+Both form the minibatch gradient ``g = delta^T x / B`` digitally from what the learning rule
+hands them. With GRAPES the rule hands them the *modulated* errors, so the modulated gradient
+replaces the plain one (GRAPES.md, "With other optimizers"): nothing else changes. The
+per-weight buffers live in digital memory (``state_bytes()``) and the resulting step is
+written through ``backend.increment(-step)``, the backend's generic write path.
+
+The arithmetic follows ``torch.optim`` step for step (single-tensor code path), so the weight
+trajectories agree with torch to rounding:
+
+* RMSprop (``torch.optim.RMSprop(alpha=gamma, eps=eps)``)::
+
+      v <- gamma v + (1 - gamma) g^2
+      W <- W - lr * g / (sqrt(v) + eps)            # eps added OUTSIDE the square root
+
+  defaults gamma = 0.9, eps = 1e-8 (the GRAPES paper's setting; torch's own default alpha is
+  0.99). Optional torch-style ``momentum`` and ``centered`` variants are supported.
+* Adam (``torch.optim.Adam(betas=(beta1, beta2), eps=eps)``)::
+
+      m <- beta1 m + (1 - beta1) g ;  v <- beta2 v + (1 - beta2) g^2 ;  t <- t + 1
+      W <- W - (lr / (1 - beta1^t)) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+
+  defaults beta1 = 0.9, beta2 = 0.999, eps = 1e-8.
+
+``state_format`` (optional) is a callable that rounds a state tensor in place to a digital
+format (e.g. fixed point, supplied by the fixed-point module) and ``state_bits`` the bits
+each stored state value takes; ``state_bytes()`` counts every buffer at that precision (the
+Adam step counter is one 32-bit integer per layer, counted too).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable
+
+import torch
+
+from .optim import gradient
+
+__all__ = ["RMSprop", "Adam", "make"]
+
+
+class _Adaptive:
+    name = "?"
+    n_buffers = 1
+
+    def __init__(self, state_format: Callable[[torch.Tensor], object] | None = None,
+                 state_bits: int = 32):
+        self.state_format = state_format
+        self.state_bits = int(state_bits)
+        if self.state_bits < 1:
+            raise ValueError(f"state_bits must be >= 1, got {state_bits}")
+        self.state: dict[Hashable, dict[str, torch.Tensor]] = {}
+
+    def _fmt(self, t: torch.Tensor) -> None:
+        if self.state_format is not None:
+            self.state_format(t)
+
+    def state_bytes(self) -> int:
+        n = sum(t.numel() for st in self.state.values() for t in st.values())
+        return n * self.state_bits // 8 + self._extra_bytes()
+
+    def _extra_bytes(self) -> int:
+        return 0
+
+
+class RMSprop(_Adaptive):
+    """RMSprop as in ``torch.optim.RMSprop`` (eps outside the square root)."""
+
+    name = "rmsprop"
+
+    def __init__(self, gamma: float = 0.9, eps: float = 1e-8, momentum: float = 0.0,
+                 centered: bool = False, state_format=None, state_bits: int = 32):
+        super().__init__(state_format, state_bits)
+        if not 0.0 <= gamma < 1.0:
+            raise ValueError(f"RMSprop gamma must be in [0, 1), got {gamma}")
+        if not eps > 0:
+            raise ValueError(f"RMSprop eps must be > 0, got {eps}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"RMSprop momentum must be in [0, 1), got {momentum}")
+        self.gamma = float(gamma)
+        self.eps = float(eps)
+        self.momentum = float(momentum)
+        self.centered = bool(centered)
+
+    def step(self, key: Hashable, backend, x: torch.Tensor, delta: torch.Tensor, lr: float) -> None:
+        g = gradient(x, delta)
+        st = self.state.get(key)
+        if st is None:
+            st = self.state[key] = {"v": torch.zeros_like(g)}
+            if self.centered:
+                st["g_avg"] = torch.zeros_like(g)
+            if self.momentum > 0:
+                st["buf"] = torch.zeros_like(g)
+        v = st["v"]
+        v.mul_(self.gamma).addcmul_(g, g, value=1.0 - self.gamma)
+        self._fmt(v)
+        if self.centered:
+            ga = st["g_avg"]
+            ga.lerp_(g, 1.0 - self.gamma)
+            self._fmt(ga)
+            avg = v.addcmul(ga, ga, value=-1.0).sqrt_().add_(self.eps)
+        else:
+            avg = v.sqrt().add_(self.eps)
+        if self.momentum > 0:
+            buf = st["buf"]
+            buf.mul_(self.momentum).addcdiv_(g, avg)
+            self._fmt(buf)
+            step = buf * lr
+        else:
+            step = g.div_(avg).mul_(lr)
+        backend.increment(-step)
+
+
+class Adam(_Adaptive):
+    """Adam as in ``torch.optim.Adam`` (bias-corrected, eps outside the square root)."""
+
+    name = "adam"
+
+    def __init__(self, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                 state_format=None, state_bits: int = 32):
+        super().__init__(state_format, state_bits)
+        for nm, b in (("beta1", beta1), ("beta2", beta2)):
+            if not 0.0 <= b < 1.0:
+                raise ValueError(f"Adam {nm} must be in [0, 1), got {b}")
+        if not eps > 0:
+            raise ValueError(f"Adam eps must be > 0, got {eps}")
+        self.beta1 = float(beta1)
+        self.beta2 = float(beta2)
+        self.eps = float(eps)
+        self.steps: dict[Hashable, int] = {}
+
+    def step(self, key: Hashable, backend, x: torch.Tensor, delta: torch.Tensor, lr: float) -> None:
+        g = gradient(x, delta)
+        st = self.state.get(key)
+        if st is None:
+            st = self.state[key] = {"m": torch.zeros_like(g), "v": torch.zeros_like(g)}
+        m, v = st["m"], st["v"]
+        t = self.steps.get(key, 0) + 1
+        self.steps[key] = t
+        m.lerp_(g, 1.0 - self.beta1)
+        v.mul_(self.beta2).addcmul_(g, g, value=1.0 - self.beta2)
+        self._fmt(m)
+        self._fmt(v)
+        step_size = lr / (1.0 - self.beta1 ** t)
+        denom = (v.sqrt() / math.sqrt(1.0 - self.beta2 ** t)).add_(self.eps)
+        backend.increment(-(m / denom).mul_(step_size))
+
+    def _extra_bytes(self) -> int:
+        return 4 * len(self.steps)  # one 32-bit step counter per parameter tensor
+
+
+def make(name: str, **kw):
+    """Build ``rmsprop`` or ``adam``; keyword arguments are the class' (for RMSprop torch's
+    name ``alpha`` is accepted for ``gamma``; for Adam ``betas=(b1, b2)`` too)."""
+    if name == "rmsprop":
+        if "alpha" in kw:
+            kw["gamma"] = kw.pop("alpha")
+        return RMSprop(**kw)
+    if name == "adam":
+        if "betas" in kw:
+            kw["beta1"], kw["beta2"] = kw.pop("betas")
+        return Adam(**kw)
+    raise ValueError(f"optimizer must be one of sgd, momentum, nag, rmsprop, adam; got {name!r}")

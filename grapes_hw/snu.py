@@ -1,0 +1,474 @@
+"""Spiking neural units (SNU) and soft SNUs (sSNU) trained with BPTT, with GRAPES.
+
+The unit (Woźniak et al., Nature Machine Intelligence 2020; ``../shared/GRAPES.md``)::
+
+    s_t = g(W x_t + l(tau) * s_(t-1) * (1 - y_(t-1)))      g = ReLU
+    y_t = h(s_t + b)
+
+* SNU: ``h`` is the Heaviside step (a spike when ``s_t + b > 0``, i.e. when the state crosses
+  the threshold ``-b``); for training its derivative is replaced by the derivative of the
+  sigmoid relaxation ``sigma(k z)`` (``k = surrogate_slope``), the smooth surrogate.
+* sSNU: ``h`` is the sigmoid itself (``y`` in (0, 1)); exact gradients.
+* ``(1 - y_(t-1))`` is the reset: after a spike the state carried to the next step is zeroed
+  (soft for the sSNU). ``l(tau) = decay`` is the membrane decay, ``b`` a per-node bias
+  initialised to ``-threshold`` (a negative threshold) and trained like the weights.
+
+**Input**: images are rate coded, at each of ``N_s`` steps pixel ``x`` in [0, 1] spikes with
+probability ``input_rate * x`` (Bernoulli, seeded). ``N_s`` = ``time_steps`` in training
+(20 in the GRAPES paper) and ``test_time_steps`` at evaluation (300 in the paper; default
+here 20 to keep runs cheap).
+
+**Output layer** (as in the SNU paper and GRAPES' SNU experiments): the output layer is a
+spiking SNU/sSNU layer too, decoded by its firing rate. The logits fed to softmax
+cross-entropy are the output *spike counts normalised to the training window*,
+``logits = readout_scale * mean_t y_t`` with ``readout_scale = time_steps`` by default (i.e.
+the spike counts of a training presentation); the prediction is the class with the highest
+rate (ties go to the lowest index).
+
+**Weights on a backend**: every layer's ``W`` is a :class:`~grapes_hw.network.HWLinear`
+backend. Since layers are feed-forward and the recurrence is per node, the ``W x_t`` of all
+``N_s`` steps are one stacked ``backend.forward`` call on the ``(N_s * B, n_in)`` matrix
+(each row is one MVM of one step, exactly the per-step MVMs); likewise the error sent down is
+one stacked ``backend.backward``. The BPTT gradient of the batch-mean loss is
+``dW = (1/B) sum_t delta_t^T x_t``; it is written as **one** update with the stacked
+``(N_s * B)`` inputs and errors, the errors multiplied by ``N_s``::
+
+    optimizer.step(key, backend, X_stacked, N_s * Delta_stacked, lr)
+    # SGD: backend.update(X, N_s * Delta, lr): W -= lr / (N_s B) * (N_s Delta)^T X
+    #                                            = lr * (1/B) sum_t delta_t^T x_t
+
+so the learning rate means the same as for the MLP (one step of ``lr`` times the gradient of
+the batch-mean loss) for every optimizer, including the scale-invariant ones (scaling ``lr``
+instead would be wrong for Adam/RMSprop). The bias is updated the same way through its
+``(n, 1)`` digital backend with a constant-1 input.
+
+**GRAPES** modulates the input weights ``W`` of each hidden layer, importance from its rows
+(``backend.abs_sums(1)``), computed once per minibatch before the update. Because the SNU
+recurrence is per node (no lateral weights) the BPTT inside a layer is linear and diagonal
+in the error arriving from above, so multiplying that error by ``m^l`` multiplies every
+``delta_t`` of the layer by ``m^l``: *propagating* scales the layer's whole error sequence
+(update and what is sent down, so factors compound down the layers, never across time);
+*local* scales only the layer's own weight/bias update. The output layer is not modulated.
+Only BP credit assignment is supported for SNUs; dropout is not.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .config import from_mapping, require, to_dict
+from .grapes import GrapesParameters, mean_factor, modulation_factor
+from .learning import softmax_error
+from .network import HWLinear
+
+MODELS = ("mlp", "snu", "ssnu")
+
+
+@dataclass
+class SNUParams:
+    """Spiking-unit settings (``TrainConfig.extra["snu"]``, all optional)."""
+
+    decay: float = 0.8
+    """Membrane decay l(tau) per step, in [0, 1)."""
+    threshold: float | None = None
+    """Initial threshold: the bias b starts at ``-threshold`` (> 0). None: 1 for the SNU,
+    3 for the sSNU (whose sigmoid never reaches 0: with b = -1 every unit outputs >= 0.27,
+    the dense positive activity drives whole weight rows negative and the ReLU state dies;
+    b = -3 keeps the resting output at 0.05 and trains, but its gradients are small: use
+    lr ~ 1 with SGD. Digits, 64-64 hidden, N_s = 10, 8 epochs: sSNU lr 1.0 reaches 0.70
+    (0.92 with GRAPES), at lr 0.1 it stays near chance; the SNU reaches 0.80 at lr 0.1
+    (0.88 with GRAPES)."""
+    train_threshold: bool = True
+    """Train the bias b (digital, like the weights' optimizer)."""
+    surrogate_slope: float = 1.0
+    """k of the sigmoid relaxation sigma(k z) whose derivative replaces the step's (SNU)."""
+    input_rate: float = 1.0
+    """Spike probability per step of a pixel of intensity 1, in (0, 1]."""
+    readout_scale: float | None = None
+    """logits = readout_scale * output rate; None: the training ``time_steps`` (counts)."""
+
+    def check(self) -> None:
+        require(0.0 <= self.decay < 1.0, "snu.decay", f"got {self.decay}; must be in [0, 1)")
+        require(self.threshold is None or self.threshold > 0, "snu.threshold",
+                f"got {self.threshold}; must be > 0 (or unset)")
+        require(self.surrogate_slope > 0, "snu.surrogate_slope",
+                f"got {self.surrogate_slope}; must be > 0")
+        require(0.0 < self.input_rate <= 1.0, "snu.input_rate",
+                f"got {self.input_rate}; must be in (0, 1]")
+        require(self.readout_scale is None or self.readout_scale > 0, "snu.readout_scale",
+                f"got {self.readout_scale}; must be > 0 (or unset)")
+
+
+# ---- the unit --------------------------------------------------------------------------------
+def rate_code(x: torch.Tensor, steps: int, generator: torch.Generator,
+              rate: float = 1.0) -> torch.Tensor:
+    """Bernoulli rate code of images ``x`` (B, n) in [0, 1]: spikes (steps, B, n) in {0, 1}."""
+    p = (x * rate).clamp(0.0, 1.0)
+    u = torch.rand((steps, *x.shape), generator=generator, dtype=torch.float32)
+    return (u < p.to(torch.float32)).to(x.dtype)
+
+
+def h_out(z: torch.Tensor, soft: bool) -> torch.Tensor:
+    """Output function: step (spike iff z > 0) for the SNU, sigmoid for the sSNU."""
+    return torch.sigmoid(z) if soft else (z > 0).to(z.dtype)
+
+
+def h_grad(z: torch.Tensor, slope: float = 1.0) -> torch.Tensor:
+    """d/dz sigma(k z) = k sigma(k z) (1 - sigma(k z)): the sSNU's exact derivative and the
+    SNU's surrogate (k = ``slope``; the sSNU uses k = 1)."""
+    s = torch.sigmoid(z * slope)
+    return s.mul_(1.0 - s).mul_(slope)
+
+
+def snu_step(a: torch.Tensor, s_prev: torch.Tensor, y_prev: torch.Tensor, b: torch.Tensor,
+             decay: float, soft: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step: returns (u, s, y) with u the pre-ReLU state input."""
+    u = a + decay * s_prev * (1.0 - y_prev)
+    s = torch.relu(u)
+    return u, s, h_out(s + b, soft)
+
+
+@dataclass
+class LayerTrace:
+    """What one layer's forward pass keeps for BPTT, each (T, B, n)."""
+
+    x: torch.Tensor
+    s: torch.Tensor
+    y: torch.Tensor
+    z: torch.Tensor
+    active: torch.Tensor
+
+
+class SNUNetwork:
+    """A stack of SNU (or sSNU) layers whose weights live in backends, the last one the
+    (spiking) output layer. ``layers[i].bias`` holds the per-node bias b."""
+
+    def __init__(self, layers: list[HWLinear], soft: bool = False,
+                 params: SNUParams | None = None):
+        for layer in layers:
+            if layer.bias is None:
+                raise ValueError("SNU layers need a bias (the threshold); use HWLinear(bias=True)")
+        self.layers = layers
+        self.soft = bool(soft)
+        self.params = params or SNUParams()
+
+    @property
+    def n_hidden(self) -> int:
+        return len(self.layers) - 1
+
+    def backends(self):
+        return [layer.backend for layer in self.layers]
+
+    def bias(self, l: int, dtype: torch.dtype) -> torch.Tensor:
+        return self.layers[l].bias.w[:, 0].to(dtype)
+
+    def run_layer(self, l: int, x_seq: torch.Tensor,
+                  keep: bool) -> tuple[torch.Tensor, LayerTrace | None]:
+        """Layer ``l`` over a whole input sequence (T, B, n_in): outputs (T, B, n)."""
+        T, B, n_in = x_seq.shape
+        layer = self.layers[l]
+        a_all = layer.backend.forward(x_seq.reshape(T * B, n_in)).reshape(T, B, -1)
+        n = a_all.shape[2]
+        b = self.bias(l, a_all.dtype)
+        s = torch.zeros((B, n), dtype=a_all.dtype)
+        y = torch.zeros_like(s)
+        ys = torch.empty_like(a_all)
+        if keep:
+            ss, zs, act = torch.empty_like(a_all), torch.empty_like(a_all), torch.empty_like(a_all)
+        d = self.params.decay
+        for t in range(T):
+            u, s, y = snu_step(a_all[t], s, y, b, d, self.soft)
+            ys[t] = y
+            if keep:
+                ss[t] = s
+                zs[t] = s + b
+                act[t] = u > 0
+        trace = LayerTrace(x_seq, ss, ys, zs, act) if keep else None
+        return ys, trace
+
+    def forward(self, x_seq: torch.Tensor,
+                keep: bool = False) -> tuple[torch.Tensor, list[LayerTrace]]:
+        """Output rates (B, n_out) for spike trains (T, B, n_in), and the traces if ``keep``."""
+        traces = []
+        h = x_seq
+        for l in range(len(self.layers)):
+            h, tr = self.run_layer(l, h, keep)
+            if keep:
+                traces.append(tr)
+        return h.mean(0), traces
+
+    def bptt_layer(self, l: int, tr: LayerTrace,
+                   g_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reverse-time pass through layer ``l`` given dL/dy_t from above (T, B, n): returns
+        (dL/da_t, dL/db_t), each (T, B, n), with a_t = W x_t."""
+        T = g_y.shape[0]
+        d = self.params.decay
+        slope = 1.0 if self.soft else self.params.surrogate_slope
+        g_a = torch.empty_like(g_y)
+        g_b = torch.empty_like(g_y)
+        g_u_next = torch.zeros_like(g_y[0])
+        for t in range(T - 1, -1, -1):
+            # u_(t+1) = a_(t+1) + d * s_t * (1 - y_t): gradients into s_t and y_t from the future
+            gy = g_y[t] - g_u_next * d * tr.s[t]
+            gz = gy * h_grad(tr.z[t], slope)
+            gs = gz + g_u_next * d * (1.0 - tr.y[t])
+            g_u = gs * tr.active[t]
+            g_a[t] = g_u
+            g_b[t] = gz
+            g_u_next = g_u
+        return g_a, g_b
+
+    def predict(self, x: torch.Tensor, steps: int, generator: torch.Generator,
+                batch: int = 1024) -> torch.Tensor:
+        out = []
+        for s in range(0, x.shape[0], batch):
+            xs = rate_code(x[s:s + batch], steps, generator, self.params.input_rate)
+            rates, _ = self.forward(xs)
+            out.append(rates.argmax(1))
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+class SNULearner:
+    """BPTT + GRAPES + optimizer for an :class:`SNUNetwork` (see the module docstring)."""
+
+    def __init__(self, net: SNUNetwork, grapes: GrapesParameters, optimizer, time_steps: int,
+                 generator: torch.Generator | None = None):
+        self.net = net
+        self.grapes = grapes
+        self.optimizer = optimizer
+        self.time_steps = int(time_steps)
+        self.generator = generator or torch.Generator().manual_seed(0)
+        self.last_factors: list[torch.Tensor | None] = []
+        self.last_grads: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    @property
+    def readout_scale(self) -> float:
+        rs = self.net.params.readout_scale
+        return float(self.time_steps if rs is None else rs)
+
+    def factors(self) -> list[torch.Tensor | None]:
+        if self.grapes.mode == "off":
+            return [None] * self.net.n_hidden
+        ideal = self.grapes.ideal_read
+        return [modulation_factor(self.net.layers[l].backend.abs_sums(1, ideal=ideal).clone(),
+                                  self.grapes.lower, self.grapes.bits)
+                for l in range(self.net.n_hidden)]
+
+    def gradients(self, x_seq: torch.Tensor, y: torch.Tensor):
+        """Forward + BPTT on spike trains (T, B, n_in): returns (loss, correct, traces,
+        per-layer (delta_a, delta_b) for the updates, each (T, B, n), *per-sample* errors
+        (the batch mean is taken by the update), and the factors."""
+        net = self.net
+        T = x_seq.shape[0]
+        rates, traces = net.forward(x_seq, keep=True)
+        scale = self.readout_scale
+        e, loss, correct = softmax_error(rates * scale, y)
+        m = self.factors()
+        L = len(net.layers)
+        g_y = (e * (scale / T)).expand(T, *e.shape).contiguous()
+        grads: list = [None] * L
+        for l in range(L - 1, -1, -1):
+            hidden = l < L - 1
+            if hidden and self.grapes.mode == "propagating" and m[l] is not None:
+                g_y = g_y * m[l].to(g_y.dtype)
+            g_a, g_b = net.bptt_layer(l, traces[l], g_y)
+            if l > 0:
+                Tn, B, n = g_a.shape
+                g_y = net.layers[l].backend.backward(g_a.reshape(Tn * B, n)).reshape(Tn, B, -1)
+            if hidden and self.grapes.mode == "local" and m[l] is not None:
+                mm = m[l].to(g_a.dtype)
+                g_a, g_b = g_a * mm, g_b * mm
+            grads[l] = (g_a, g_b)
+        return loss, correct, traces, grads, m
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[float, int]:
+        """Train on one minibatch of images (B, n_in); returns (summed loss, correct)."""
+        T = self.time_steps
+        x_seq = rate_code(x, T, self.generator, self.net.params.input_rate)
+        loss, correct, traces, grads, m = self.gradients(x_seq, y)
+        self.last_factors = m
+        self.last_grads = grads
+        for l, layer in enumerate(self.net.layers):
+            g_a, g_b = grads[l]
+            Tn, B, n = g_a.shape
+            xs = traces[l].x.reshape(Tn * B, -1)
+            self.optimizer.step(("w", l), layer.backend, xs, g_a.reshape(Tn * B, n) * Tn, lr)
+            if self.net.params.train_threshold:
+                ones = torch.ones((Tn * B, 1), dtype=g_b.dtype)
+                self.optimizer.step(("b", l), layer.bias, ones, g_b.reshape(Tn * B, n) * Tn, lr)
+        return loss, correct
+
+
+# ---- building and running -------------------------------------------------------------------
+def snu_params(cfg) -> SNUParams:
+    p = from_mapping(SNUParams, dict(cfg.extra.get("snu", {})), "snu")
+    p.check()
+    return p
+
+
+def check_config(cfg) -> None:
+    """The SNU-specific constraints on a TrainConfig (called by ``TrainConfig.check``)."""
+    require(cfg.model in MODELS, "--model",
+            f"got {cfg.model!r}; allowed values: {', '.join(MODELS)}")
+    if cfg.model == "mlp":
+        return
+    require(cfg.credit == "bp", "--credit",
+            f"got {cfg.credit!r}; --model {cfg.model} supports bp only")
+    require(cfg.dropout == 0, "--dropout", f"got {cfg.dropout}; --model {cfg.model} has no dropout")
+    snu_params(cfg)
+
+
+def build_snu_network(cfg, model, n_in: int, n_out: int) -> SNUNetwork:
+    """He-uniform weights on ``model``'s backend (as ``train.build_network``), biases at
+    ``-threshold``."""
+    from dataclasses import replace
+
+    from .train import build_network
+
+    params = snu_params(cfg)
+    base = build_network(replace(cfg, bias=True, dropout=0.0), model, n_in, n_out)
+    soft = cfg.model == "ssnu"
+    if params.threshold is None:
+        params.threshold = 3.0 if soft else 1.0
+    for layer in base.layers:
+        layer.bias.w.fill_(-params.threshold)
+    return SNUNetwork(base.layers, soft=soft, params=params)
+
+
+def run_snu(cfg, *, progress: bool = False, on_epoch=None, dataset=None) -> dict:
+    """``train.run`` for ``--model snu|ssnu``: same result keys as the MLP run."""
+    from .data import load_dataset
+    from .devices import load_device_model
+    from .metrics import fit_plateau
+    from .train import build_optimizer, memory_report, total_pulses, versions
+
+    cfg.check()
+    model = load_device_model(cfg.backend)
+    torch.manual_seed(cfg.seed)
+    data = dataset or load_dataset(cfg.dataset, data_dir=cfg.data_dir,
+                                   train_subset=cfg.train_subset, val_fraction=cfg.val_fraction,
+                                   seed=cfg.seed, download=cfg.download, progress=progress)
+    as_t = lambda a, dt: torch.from_numpy(np.ascontiguousarray(a, dtype=dt))  # noqa: E731
+    x_train, y_train = as_t(data.x_train, np.float32), as_t(data.y_train, np.int64)
+    x_test, y_test = as_t(data.x_test, np.float32), as_t(data.y_test, np.int64)
+    x_val, y_val = as_t(data.x_val, np.float32), as_t(data.y_val, np.int64)
+
+    net = build_snu_network(cfg, model, x_train.shape[1], data.n_classes)
+    optimizer = build_optimizer(cfg)
+    grapes = cfg.grapes_params()
+    learner = SNULearner(net, grapes, optimizer, cfg.time_steps,
+                         torch.Generator().manual_seed(cfg.seed + 2718281))
+
+    class _NoFeedback:
+        def state_bytes(self) -> int:
+            return 0
+
+    lr, lr_scale = cfg.lr, 1.0
+    if cfg.lr_matched:
+        imps = [net.layers[l].backend.abs_sums(1) for l in range(net.n_hidden)]
+        lr_scale = mean_factor(imps, cfg.grapes_lower)
+        lr = cfg.lr * lr_scale
+
+    def evaluate(x, y) -> float:
+        if x.shape[0] == 0:
+            return float("nan")
+        gen = torch.Generator().manual_seed(cfg.seed + 31337)  # same test spikes every epoch
+        return float((net.predict(x, cfg.test_time_steps, gen) == y).double().mean())
+
+    order_gen = torch.Generator().manual_seed(cfg.seed + 15485863)
+    n, bs = x_train.shape[0], cfg.batch_size
+    n_batches = math.ceil(n / bs)
+    epochs: list[dict] = []
+    status, diverged_epoch, interrupted = "ok", None, False
+    t_start = time.perf_counter()
+    pulses_before = total_pulses(net)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.epochs * n_batches, unit="batch", leave=False,
+                   disable=not sys.stderr.isatty())
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            if interrupted:
+                break
+            t0 = time.perf_counter()
+            perm = torch.randperm(n, generator=order_gen)
+            loss_sum, correct, seen = 0.0, 0, 0
+            try:
+                for b in range(n_batches):
+                    idx = perm[b * bs:(b + 1) * bs]
+                    loss, c = learner.step(x_train[idx], y_train[idx], lr)
+                    loss_sum += loss
+                    correct += c
+                    seen += idx.shape[0]
+                    if not math.isfinite(loss):
+                        break
+                    if bar is not None:
+                        bar.update(1)
+            except KeyboardInterrupt:
+                interrupted, status = True, "interrupted"
+                if seen == 0:
+                    break
+            seconds = time.perf_counter() - t0
+            finite = math.isfinite(loss_sum) and all(
+                bool(torch.isfinite(layer.backend.read()).all()) for layer in net.layers)
+            pulses_now = total_pulses(net)
+            rec = {
+                "epoch": epoch,
+                "train_loss": loss_sum / max(seen, 1) if finite else None,
+                "train_acc": correct / max(seen, 1),
+                "test_acc": evaluate(x_test, y_test) if finite else None,
+                "seconds": seconds,
+                "pulses": pulses_now - pulses_before,
+            }
+            pulses_before = pulses_now
+            if seen < n:
+                rec["partial"] = True
+            if x_val.shape[0]:
+                rec["val_acc"] = evaluate(x_val, y_val) if finite else None
+            epochs.append(rec)
+            if on_epoch is not None:
+                on_epoch(rec)
+            if not finite:
+                status, diverged_epoch = "diverged", epoch
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+
+    tests = [e["test_acc"] for e in epochs if e["test_acc"] is not None]
+    fit = fit_plateau(tests)
+    config = to_dict(cfg)
+    config["layers"] = [int(v) for v in cfg.layers]
+    config["lr_effective"] = lr
+    config["lr_scale"] = lr_scale
+    config["snu"] = to_dict(net.params)
+    return {
+        "config": config,
+        "device_model": model.to_dict(),
+        "dataset": {"name": data.name, "source": data.source, "n_train": int(n),
+                    "n_test": int(x_test.shape[0]), "n_val": int(x_val.shape[0])},
+        "epochs": epochs,
+        "best_test_acc": max(tests) if tests else None,
+        "final_test_acc": tests[-1] if tests else None,
+        "slowness": fit["slowness"],
+        "plateau_fit": fit,
+        "status": status,
+        "diverged_epoch": diverged_epoch,
+        "optimizer_state_bytes": int(optimizer.state_bytes()),
+        "memory": memory_report(net, optimizer, _NoFeedback()),
+        "pulses_total": sum(e["pulses"] for e in epochs),
+        "seconds_total": time.perf_counter() - t_start,
+        "versions": versions(),
+    }
+
+
+__all__ = ["MODELS", "SNUParams", "SNUNetwork", "SNULearner", "rate_code", "h_out", "h_grad",
+           "snu_step", "build_snu_network", "run_snu", "check_config"]

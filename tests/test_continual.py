@@ -1,0 +1,116 @@
+"""Continual learning: permuted-pixel tasks and the sequential protocol."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from grapes_hw.cli import main
+from grapes_hw.continual import (
+    ContinualConfig,
+    make_tasks,
+    run_continual,
+    scaled_k,
+    summarize,
+    task_permutation,
+)
+from grapes_hw.data import Dataset
+from grapes_hw.errors import ConfigError
+from grapes_hw.train import TrainConfig
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny matmuls: OpenMP threads only add overhead (and stall on a busy machine)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("n,k", [(784, 600), (784, 300), (64, 49), (64, 24), (10, 2), (10, 10)])
+def test_permutation_moves_exactly_k_pixels(n, k):
+    p = task_permutation(n, k, seed=3, task=1)
+    assert sorted(p.tolist()) == list(range(n))  # a permutation
+    assert int((p != np.arange(n)).sum()) == k  # exactly K positions change index
+
+
+def test_permutation_fixed_per_task_and_seed():
+    a = task_permutation(784, 600, seed=0, task=1)
+    assert np.array_equal(a, task_permutation(784, 600, seed=0, task=1))
+    assert not np.array_equal(a, task_permutation(784, 600, seed=0, task=2))
+    assert not np.array_equal(a, task_permutation(784, 600, seed=1, task=1))
+
+
+def test_task_zero_is_original_and_k_scaling():
+    tasks = make_tasks(64, 4, 49, seed=0)
+    assert np.array_equal(tasks[0], np.arange(64))
+    assert all(int((t != np.arange(64)).sum()) == 49 for t in tasks[1:])
+    x = np.random.default_rng(0).random((5, 64))
+    assert np.array_equal(x[:, tasks[0]], x)
+    assert scaled_k(600, 64) == 49 and scaled_k(300, 64) == 24 and scaled_k(600, 784) == 600
+    with pytest.raises(ConfigError):
+        task_permutation(64, 1, 0, 1)
+    with pytest.raises(ConfigError):
+        task_permutation(64, 65, 0, 1)
+
+
+def test_summarize_metrics():
+    # 2 tasks, 1 epoch each: R = [[.9, .1], [.6, .8]]
+    curve = [{"epoch": 0, "acc": [0.1, 0.12]}, {"epoch": 1, "acc": [0.9, 0.1]},
+             {"epoch": 2, "acc": [0.6, 0.8]}]
+    s = summarize(curve, 2, 1)
+    assert s["R"] == [[0.9, 0.1], [0.6, 0.8]]
+    assert s["average_accuracy"] == pytest.approx(0.7)
+    assert s["forgetting"] == pytest.approx([0.3])
+    assert s["backward_transfer"] == pytest.approx(-0.3)
+    assert s["future_accuracy"] == pytest.approx([0.1, 0.1])
+
+
+def _tiny_digits(n_train=300):
+    from grapes_hw.data import load_dataset
+
+    d = load_dataset("digits", train_subset=n_train, seed=0)
+    return Dataset(name=d.name, x_train=d.x_train, y_train=d.y_train, x_test=d.x_test[:200],
+                   y_test=d.y_test[:200], x_val=d.x_val, y_val=d.y_val, n_classes=10,
+                   image_shape=d.image_shape, source=d.source)
+
+
+def test_protocol_tests_every_task_every_epoch(tmp_path):
+    base = TrainConfig(dataset="digits", layers=(64,), lr=0.1, batch_size=16)
+    cc = ContinualConfig(base=base, n_tasks=3, k_pixels=40, epochs_per_task=2,
+                         rules=("sgd", "grapes"))
+    s = run_continual(cc, tmp_path, quiet=True, plots=True, dataset=_tiny_digits())
+    lines = [json.loads(l) for l in open(tmp_path / "continual.jsonl")]
+    assert len(lines) == 2 * (1 + 3 * 2)  # 2 rules x (epoch 0 + 6 epochs)
+    for rec in lines:
+        assert len(rec["acc"]) == 3 and all(a is not None for a in rec["acc"])
+        if rec["epoch"]:
+            assert rec["task"] == (rec["epoch"] - 1) // 2
+            assert rec["seen"] == [j <= rec["task"] for j in range(3)]
+    sgd = [r for r in lines if r["rule"] == "sgd"]
+    # task 0 learned during its epochs, well above chance
+    assert sgd[2]["acc"][0] > 0.5
+    run = s["runs"][0]
+    assert len(run["R"]) == 3 and len(run["forgetting"]) == 2 and len(run["future_accuracy"]) == 3
+    assert (tmp_path / "continual_float32.png").stat().st_size > 1000
+    assert (tmp_path / "continual_average.png").is_file()
+    assert json.load(open(tmp_path / "summary.json"))["settings"]["k_pixels"] == 40
+
+
+def test_cli_continual_errors_and_run(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["continual", "--rules", "sgd,bogus", "--out", str(tmp_path)])
+    assert e.value.code == 2
+    assert "bogus" in capsys.readouterr().err
+    assert main(["continual", "--k-pixels", "1", "--out", str(tmp_path)]) == 2
+    assert "--k" in capsys.readouterr().err
+    rc = main(["continual", "--tasks", "2", "--epochs-per-task", "1", "--layers", "16",
+               "--train-subset", "200", "--k", "300", "--rules", "sgd", "--no-plots", "--quiet",
+               "--out", str(tmp_path / "o")])
+    assert rc == 0
+    s = json.load(open(tmp_path / "o" / "summary.json"))
+    assert s["settings"]["k_pixels"] == 24
