@@ -57,7 +57,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         (item,) = get_args(tp)[:1] or (Any,)
         out = [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(out) if origin is tuple else out
-    if origin is dict:
+    if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(key, f"got {value!r}; expected a table")
         return dict(value)

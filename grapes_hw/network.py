@@ -61,8 +61,11 @@ class HWLinear:
         if bias:
             self.bias = FloatBackend((self.shape[0], 1), FloatParams())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.backend.forward(x)
+    def forward(self, x: torch.Tensor, train: bool = True) -> torch.Tensor:
+        if train:
+            a = self.backend.forward(x)
+        else:  # test-time MVM where the backend distinguishes it (analog: drift applies)
+            a = getattr(self.backend, "forward_inference", self.backend.forward)(x)
         if self.bias is not None:
             a = a + self.bias.w[:, 0].to(a.dtype)
         return a
@@ -108,7 +111,7 @@ class Network:
         for i, layer in enumerate(self.layers):
             if cache is not None:
                 cache.inputs.append(h)
-            a = layer.forward(h)
+            a = layer.forward(h, train)
             if i == len(self.layers) - 1:
                 return a
             h = self._act(a)

@@ -1,0 +1,333 @@
+"""Analog crossbar tiles from IBM aihwkit (phase-change memory and other devices).
+
+``AnalogTileBackend`` wraps one aihwkit tile (``rpu_config.tile_class``) and maps the
+weight-backend protocol onto the tile's own operations:
+
+* ``forward`` / ``backward``: the tile's analog MVMs, with its IO non-idealities (input and
+  output noise, DAC/ADC resolution, bound and noise management) as the ``rpu_config`` sets;
+* ``update(x, delta, lr)``: the tile's pulsed rank update of the whole minibatch (stochastic
+  pulse trains; ``W <- W - lr/B * delta^T x`` in expectation). The GRAPES-modulated error
+  goes straight in, so GRAPES runs on the device and needs no extra memory;
+* ``increment(dw)``: column-by-column pulsed writes with one-hot inputs (as aihwkit's
+  transfer compounds do), used by momentum to write its digital velocity to the device;
+* ``read()``: the weights as the periphery reads them: ``stored`` (the tile's conductance
+  state mapped to weights, ``get_weights``) or ``mvm`` (estimated from noisy forward reads,
+  ``read_weights``: realistic, expensive);
+* ``pulses()``: aihwkit counts pulses only on GPU, so on CPU the backend estimates them as
+  the programming steps the writes took: ``sum |dW_stored| / dw_min`` per write, with
+  ``dw_min`` the device's nominal step (refresh/reset pulses are not included).
+
+aihwkit is imported lazily: without it the rest of grapes_hw works, and building this
+backend raises ``BackendUnavailable`` with install instructions.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from ..config import require
+from ..errors import BackendUnavailable, ConfigError
+from .base import MemoryReport
+
+INSTALL_HINT = (
+    "the analog backend needs IBM aihwkit 1.2.0 built against your torch: run `make setup` "
+    "(or: apt-get install libopenblas-dev; pip install scikit-build pybind11 ninja cmake "
+    "setuptools wheel mypy; pip install --no-build-isolation --no-deps aihwkit==1.2.0)"
+)
+
+
+def _aihwkit():
+    try:
+        import aihwkit.simulator.configs as configs
+        import aihwkit.simulator.presets as presets
+    except ImportError as e:  # pragma: no cover - exercised only without aihwkit
+        raise BackendUnavailable(f"{INSTALL_HINT} ({e})") from None
+    return configs, presets
+
+
+@dataclass
+class AnalogParams:
+    """An aihwkit tile configuration (TOML table ``[analog]``)."""
+
+    rpu_config: str = "PCMPreset"
+    """Name of an aihwkit RPU configuration class: a preset from
+    ``aihwkit.simulator.presets`` (PCMPreset, MixedPrecisionPCMPreset, IdealizedPreset, ...)
+    or a config from ``aihwkit.simulator.configs`` (InferenceRPUConfig, SingleRPUConfig,
+    FloatingPointRPUConfig, ...)."""
+    device: str | None = None
+    """Optional device class (from ``aihwkit.simulator.presets`` or
+    ``aihwkit.simulator.configs.devices``) assigned to ``rpu_config.device`` before
+    ``set`` is applied, e.g. PCMPresetUnitCell for a UnitCellRPUConfig."""
+    set: dict = field(default_factory=dict)
+    """Field overrides on the RPU config by dotted path, e.g.
+    ``"mapping.weight_scaling_omega" = 1.0`` or ``"device.device.refresh_every" = 0``.
+    A list on the path (``unit_cell_devices``) applies the rest of the path to every element;
+    enum fields take the member name as a string (``"forward.bound_management" = "NONE"``)."""
+    read: Literal["stored", "mvm"] = "stored"
+    """How ``read()`` (and hence GRAPES' importance) reads the weights: ``stored`` maps the
+    conductance state to weights (no read noise); ``mvm`` estimates them from noisy forward
+    passes (aihwkit ``read_weights``; realistic and much slower)."""
+    count_pulses: bool = True
+    """Estimate write pulses (``|dW| / dw_min`` per write); costs two weight copies per write."""
+
+    def check(self) -> None:
+        require(self.read in ("stored", "mvm"), "read",
+                f"got {self.read!r}; allowed values: stored, mvm")
+        try:
+            build_rpu_config(self)
+        except BackendUnavailable:
+            pass  # validated again when the backend is built; the message says how to install
+
+
+def _lookup(name: str, option: str):
+    configs, presets = _aihwkit()
+    from aihwkit.simulator.configs import devices as cdevices
+
+    for mod in (presets, configs, cdevices):
+        obj = getattr(mod, name, None)
+        if isinstance(obj, type):
+            return obj
+    raise ConfigError(option, f"unknown aihwkit class {name!r}; e.g. PCMPreset, "
+                              "MixedPrecisionPCMPreset, IdealizedPreset, InferenceRPUConfig")
+
+
+def _set_path(obj: Any, path: str, value: Any, key: str) -> None:
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        if isinstance(obj, (list, tuple)):
+            for item in obj:
+                _set_path(item, ".".join(parts[i:]), value, key)
+            return
+        if not hasattr(obj, part):
+            fields = sorted(k for k in vars(obj) if not k.startswith("_")) if hasattr(
+                obj, "__dict__") else []
+            raise ConfigError(key, f"{type(obj).__name__} has no field {part!r}; fields: "
+                                   f"{', '.join(fields)}")
+        if i == len(parts) - 1:
+            current = getattr(obj, part)
+            if isinstance(current, enum.Enum) and isinstance(value, str):
+                try:
+                    value = type(current)[value]
+                except KeyError:
+                    allowed = ", ".join(m.name for m in type(current))
+                    raise ConfigError(key, f"got {value!r}; allowed values: {allowed}") from None
+            elif isinstance(current, bool) and not isinstance(value, bool):
+                raise ConfigError(key, f"got {value!r}; expected true or false")
+            elif isinstance(current, (int, float)) and not isinstance(current, bool):
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ConfigError(key, f"got {value!r}; expected a number")
+                value = type(current)(value) if isinstance(current, float) else value
+            setattr(obj, part, value)
+        else:
+            obj = getattr(obj, part)
+
+
+def build_rpu_config(params: AnalogParams):
+    """The aihwkit RPU config described by ``params`` (a fresh object each call)."""
+    cfg = _lookup(params.rpu_config, "analog.rpu_config")()
+    if params.device is not None:
+        cfg.device = _lookup(params.device, "analog.device")()
+    for path, value in params.set.items():
+        _set_path(cfg, path, value, f'analog.set."{path}"')
+    return cfg
+
+
+def _find_dw_min(device: Any, depth: int = 0) -> float | None:
+    """The nominal programming step of the first pulsed device inside ``device``."""
+    if device is None or depth > 5:
+        return None
+    dw = getattr(device, "dw_min", None)
+    if isinstance(dw, (int, float)) and dw > 0:
+        return float(dw)
+    for attr in ("device", "unit_cell_devices", "device_array"):
+        sub = getattr(device, attr, None)
+        if isinstance(sub, (list, tuple)):
+            sub = sub[0] if sub else None
+        found = _find_dw_min(sub, depth + 1)
+        if found:
+            return found
+    return None
+
+
+def _devices_per_weight(device: Any) -> int:
+    if device is None:
+        return 1
+    inner = getattr(device, "device", None)
+    if inner is not None and hasattr(inner, "unit_cell_devices"):
+        return len(inner.unit_cell_devices)
+    cells = getattr(device, "unit_cell_devices", None)
+    return len(cells) if cells else 1
+
+
+class AnalogTileBackend:
+    """One layer's weights on an aihwkit analog tile (see the module docstring)."""
+
+    def __init__(self, shape: tuple[int, int], params: AnalogParams | None = None,
+                 seed: int = 0, rpu_config: Any = None):
+        self.params = params or AnalogParams()
+        self.shape = (int(shape[0]), int(shape[1]))
+        _aihwkit()
+        self.rpu_config = rpu_config if rpu_config is not None else build_rpu_config(self.params)
+        torch.manual_seed(seed)
+        self.tile = self.rpu_config.tile_class(self.shape[0], self.shape[1], self.rpu_config,
+                                               bias=False)
+        self.training = True
+        self._lr: float | None = None
+        self._pulses = 0.0
+        self._eye: torch.Tensor | None = None
+        device = getattr(self.rpu_config, "device", None)
+        self.dw_min = _find_dw_min(device)
+        self.pulsed = hasattr(self.rpu_config, "update") and self.dw_min is not None
+        self.n_devices = _devices_per_weight(device) if self.pulsed else 0
+        self.mixed_precision = type(device).__name__.startswith("MixedPrecision")
+
+    # -- programming and reading ------------------------------------------------------------
+    def program(self, w: torch.Tensor) -> None:
+        if tuple(w.shape) != self.shape:
+            raise ValueError(f"program: expected weights of shape {self.shape}, got {tuple(w.shape)}")
+        self.tile.set_weights(w.detach().float().contiguous())
+
+    def stored(self) -> torch.Tensor:
+        """The weights the tile's conductances encode (no read noise)."""
+        return self.tile.get_weights()[0]
+
+    def store(self, w: torch.Tensor) -> None:
+        self.tile.set_weights(w.detach().float().contiguous())
+
+    def read(self) -> torch.Tensor:
+        if self.params.read == "mvm":
+            return self.tile.read_weights()[0]
+        return self.stored()
+
+    def abs_sums(self, dim: int, ideal: bool = False) -> torch.Tensor:
+        w = self.stored() if ideal else self.read()
+        return torch.linalg.vector_norm(w, ord=1, dim=dim)
+
+    # -- compute -----------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tile.joint_forward(x.float().contiguous(), is_test=not self.training)
+
+    def forward_inference(self, x: torch.Tensor) -> torch.Tensor:
+        """The MVM at test time (aihwkit ``is_test``: drift and its compensation apply)."""
+        return self.tile.joint_forward(x.float().contiguous(), is_test=True)
+
+    def backward(self, delta: torch.Tensor) -> torch.Tensor:
+        return self.tile.backward(delta.float().contiguous())
+
+    # -- writes ------------------------------------------------------------------------------
+    def _set_lr(self, lr: float) -> None:
+        if lr != self._lr:
+            self.tile.set_learning_rate(lr)
+            self._lr = lr
+
+    def _raw(self) -> torch.Tensor:
+        return self.tile.get_weights(apply_weight_scaling=False)[0]
+
+    def _count(self, before: torch.Tensor | None) -> None:
+        if before is not None:
+            self._pulses += float((self._raw() - before).abs().sum()) / self.dw_min
+
+    def update(self, x: torch.Tensor, delta: torch.Tensor, lr: float) -> None:
+        """Pulsed rank update: aihwkit sums over the batch, so the rate is ``lr / B``."""
+        before = self._raw() if (self.params.count_pulses and self.pulsed) else None
+        self._set_lr(lr / x.shape[0])
+        self.tile.update(x.float().contiguous(), delta.float().contiguous())
+        self._count(before)
+
+    def increment(self, dw: torch.Tensor) -> None:
+        """``W <- W + dw`` as column-wise pulsed writes: one-hot input ``e_j`` with error
+        ``-dw[:, j]`` for every column j (the update of a batch of n_in one-hot vectors)."""
+        n_in = self.shape[1]
+        if self._eye is None:
+            self._eye = torch.eye(n_in, dtype=torch.float32)
+        before = self._raw() if (self.params.count_pulses and self.pulsed) else None
+        self._set_lr(1.0)
+        self.tile.update(self._eye, (-dw.T).float().contiguous())
+        self._count(before)
+
+    # -- cost --------------------------------------------------------------------------------
+    def memory(self) -> MemoryReport:
+        n = self.shape[0] * self.shape[1]
+        # Mixed-precision compounds accumulate the gradient in a digital matrix (chi).
+        digital = n * 4 if self.mixed_precision else 0
+        return MemoryReport(n_weights=n, bits_per_weight=0, digital_bytes=digital,
+                            device_count=n * self.n_devices)
+
+    def pulses(self) -> int:
+        return int(round(self._pulses))
+
+    # -- inference-time drift ----------------------------------------------------------------
+    def program_and_drift(self, t_seconds: float, compensation: bool | None = None) -> None:
+        """Program the current weights to the device with the noise model of an
+        ``InferenceRPUConfig`` and let them drift for ``t_seconds``; ``compensation`` turns
+        global drift compensation on or off (None: as configured)."""
+        if not hasattr(self.tile, "program_weights"):
+            raise ConfigError("analog.rpu_config", "drift needs an InferenceRPUConfig-based "
+                                                   f"tile, got {type(self.rpu_config).__name__}")
+        if compensation is not None:
+            if compensation:
+                from aihwkit.inference.compensation.drift import GlobalDriftCompensation
+
+                self.tile.rpu_config.drift_compensation = GlobalDriftCompensation()
+            else:
+                self.tile.rpu_config.drift_compensation = None
+        self.tile.program_weights(from_reference=True)
+        self.tile.drift_weights(t_seconds)
+
+
+def make_analog(shape, params, noise, seed):
+    """Factory for ``backend = "analog"`` device models."""
+    backend = AnalogTileBackend(shape, params, seed)
+    if noise is not None:
+        from ..noise import wrap_with_noise
+
+        return wrap_with_noise(backend, noise, seed)
+    return backend
+
+
+def parse_preset_citation(name: str) -> str:
+    """First line of the aihwkit preset's docstring that cites a paper (for docs)."""
+    try:
+        cls = _lookup(name, "analog.rpu_config")
+    except (ConfigError, BackendUnavailable):
+        return ""
+    doc = cls.__doc__ or ""
+    m = re.search(r"(\w[^\n]*\d{4}[^\n]*)", doc)
+    return m.group(1).strip() if m else ""
+
+
+DRIFT_TIMES = (1.0, 3600.0, 86400.0, 31536000.0)
+"""Seconds after programming at which drift is evaluated: 1 s, 1 h, 1 day, 1 year."""
+
+
+def drift_evaluation(net, x_test: torch.Tensor, y_test: torch.Tensor,
+                     times: tuple[float, ...] = DRIFT_TIMES, repeats: int = 3,
+                     seed: int = 0) -> list[dict]:
+    """Program every analog layer with its noise model, drift, and test.
+
+    For each compensation setting (global drift compensation on, off) and each time, the
+    trained weights are programmed afresh (new programming noise) ``repeats`` times; the
+    mean and std of the test accuracy are reported. Needs InferenceRPUConfig-based tiles.
+    """
+    layers = [layer.backend for layer in net.layers]
+    if not all(isinstance(b, AnalogTileBackend) for b in layers):
+        raise ConfigError("--drift-eval", "needs every layer on an analog backend")
+    out = []
+    torch.manual_seed(seed)
+    for comp in (True, False):
+        for t in times:
+            accs = []
+            for _ in range(repeats):
+                for b in layers:
+                    b.program_and_drift(t, compensation=comp)
+                accs.append(float((net.predict(x_test) == y_test).double().mean()))
+            acc = torch.tensor(accs, dtype=torch.float64)
+            out.append({"t_seconds": t, "compensation": comp, "test_acc": float(acc.mean()),
+                        "test_acc_std": float(acc.std()) if repeats > 1 else 0.0,
+                        "repeats": repeats})
+    return out
