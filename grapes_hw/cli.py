@@ -124,6 +124,20 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="hold the GRAPES factor at this many bits (default: full precision)")
     p.add_argument("--grapes-ideal-read", action="store_true",
                    help="GRAPES importance from ideal stored weights, not the hardware read")
+    p.add_argument("--model", choices=("mlp", "snu", "ssnu"), default="mlp",
+                   help="mlp, or spiking neural units (snu) / soft SNUs (ssnu) with BPTT")
+    p.add_argument("--time-steps", type=positive_int, default=20, metavar="N",
+                   help="snu/ssnu: rate-coding steps per training sample (default 20)")
+    p.add_argument("--test-time-steps", type=positive_int, default=20, metavar="N",
+                   help="snu/ssnu: rate-coding steps at test (default 20; the paper used 300)")
+    p.add_argument("--velocity-bits", type=positive_int, default=None, metavar="BITS",
+                   help="momentum/nag velocity in BITS-bit fixed point, per-tensor power-of-two "
+                        "scale (default: float32)")
+    p.add_argument("--velocity-rounding", choices=("nearest", "stochastic"), default="nearest",
+                   help="rounding of the fixed-point velocity (default nearest)")
+    p.add_argument("--drift-eval", action="store_true",
+                   help="analog inference tiles: after training, test after 1 s, 1 h, 1 day "
+                        "and 1 year of PCM drift, with drift compensation on and off")
     p.add_argument("--data-dir", default=None, help="look here first for dataset files")
     p.add_argument("--no-download", action="store_true", help="never download datasets")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
@@ -141,7 +155,9 @@ def config_from_args(args: argparse.Namespace):
         dropout=args.dropout, lr_matched=args.lr_matched, bias=args.bias,
         grapes_lower=args.grapes_lower, grapes_bits=args.grapes_bits,
         grapes_ideal_read=args.grapes_ideal_read, data_dir=args.data_dir,
-        download=not args.no_download,
+        velocity_bits=args.velocity_bits, velocity_rounding=args.velocity_rounding,
+        download=not args.no_download, drift_eval=args.drift_eval, model=args.model, time_steps=args.time_steps,
+        test_time_steps=args.test_time_steps,
     )
 
 
@@ -240,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules that add subcommands (each has add_cli(subparsers)); imported when the CLI builds.
-EXTENSIONS: list[str] = []
+EXTENSIONS: list[str] = ["grapes_hw.sweep", "grapes_hw.report", "grapes_hw.continual"]
 
 
 def _version() -> str:

@@ -40,6 +40,24 @@ DEMO_RUNS: list[DemoRun] = [
     DemoRun("float32 SGD+GRAPES", _base(optimizer="sgd", lr=0.1, grapes="propagating")),
 ]
 
+# Fixed-point weights (stochastic rounding; device_models/fixed8.toml, fixed4.toml).
+DEMO_RUNS += [
+    DemoRun(f"{m} SGD{'+GRAPES' if g != 'off' else ''}",
+            _base(backend=m, optimizer="sgd", lr=0.1, grapes=g), tags={"backend": m})
+    for m in ("fixed8", "fixed4") for g in ("off", "propagating")
+]
+
+# In-situ training on PCM (IBM aihwkit; device_models/pcm-insitu.toml at its lr 0.05;
+# momentum at lr 0.005 with gamma 0.9 takes the same effective step). 5 epochs (~1 s each):
+# accuracy, write pulses and momentum's velocity memory side by side.
+DEMO_RUNS += [
+    DemoRun(f"pcm-insitu {label}", _base(backend="pcm-insitu", epochs=5, **kw),
+            requires="aihwkit", quick_epochs=2, tags={"backend": "pcm-insitu"})
+    for label, kw in (("SGD", dict(optimizer="sgd", lr=0.05)),
+                      ("momentum", dict(optimizer="momentum", lr=0.005, momentum=0.9)),
+                      ("SGD+GRAPES", dict(optimizer="sgd", lr=0.05, grapes="propagating")))
+]
+
 
 def _fmt(v, spec=".4f") -> str:
     return "n/a" if v is None else format(v, spec)

@@ -49,6 +49,12 @@ class BackendKind:
 BACKEND_KINDS: dict[str, BackendKind] = {
     "float": BackendKind("grapes_hw.backends.float_backend:FloatParams",
                          "grapes_hw.backends:make_float", "ideal floating point"),
+    "fixed": BackendKind("grapes_hw.backends.fixed_point:FixedParams",
+                         "grapes_hw.backends.fixed_point:make_fixed",
+                         "fixed-point integer weights"),
+    "analog": BackendKind("grapes_hw.backends.analog:AnalogParams",
+                          "grapes_hw.backends.analog:make_analog",
+                          "IBM aihwkit analog tile (PCM, ...)"),
 }
 
 

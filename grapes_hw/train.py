@@ -77,6 +77,22 @@ class TrainConfig:
     """Where to look first for dataset files."""
     download: bool = True
     """Allow downloading a missing dataset into the cache."""
+    velocity_bits: int | None = None
+    """Momentum/Nesterov velocity held in this many bits of fixed point (2..32; a per-tensor
+    power-of-two scale re-chosen each step from max |v|, see
+    ``grapes_hw.backends.fixed_point.VelocityFormat``); None: float32."""
+    velocity_rounding: str = "nearest"
+    """Rounding of the fixed-point velocity: nearest or stochastic (seeded)."""
+    model: str = "mlp"
+    """Network model: mlp, snu (spiking neural units) or ssnu (soft SNUs), see snu.py."""
+    time_steps: int = 20
+    """SNU/sSNU: rate-coding steps N_s per training presentation (the paper uses 20)."""
+    test_time_steps: int = 20
+    """SNU/sSNU: rate-coding steps N_s at evaluation (the paper uses 300)."""
+    drift_eval: bool = False
+    """Analog inference tiles only: after training, program the weights to the device and
+    report test accuracy after 1 s, 1 h, 1 day and 1 year of drift, with global drift
+    compensation on and off (result key ``drift``)."""
     extra: dict = field(default_factory=dict)
     """Options of extension modules (e.g. optimizer state precision), passed through."""
 
@@ -106,6 +122,19 @@ class TrainConfig:
         require(not (self.lr_matched and self.grapes != "off"), "--lr-matched",
                 "is the SGD control for GRAPES; use it with --grapes off")
         self.grapes_params().check()
+        require(self.velocity_bits is None or 2 <= self.velocity_bits <= 32, "--velocity-bits",
+                f"got {self.velocity_bits}; allowed 2..32 (or none for float32)")
+        require(self.velocity_bits is None or self.optimizer in ("momentum", "nag"),
+                "--velocity-bits",
+                f"applies to --optimizer momentum or nag, got {self.optimizer!r}")
+        require(self.velocity_rounding in ("nearest", "stochastic"), "--velocity-rounding",
+                f"got {self.velocity_rounding!r}; allowed values: nearest, stochastic")
+        require(self.time_steps >= 1, "--time-steps", f"got {self.time_steps}; must be >= 1")
+        require(self.test_time_steps >= 1, "--test-time-steps",
+                f"got {self.test_time_steps}; must be >= 1")
+        from .snu import check_config
+
+        check_config(self)  # --model and what the spiking models support
 
     def grapes_params(self) -> GrapesParameters:
         return GrapesParameters(mode=self.grapes, lower=self.grapes_lower,  # type: ignore[arg-type]
@@ -164,6 +193,19 @@ def memory_report(net: Network, optimizer, credit) -> dict:
     }
 
 
+def build_optimizer(cfg: TrainConfig):
+    """The optimizer ``cfg`` asks for, with its digital state format (shared by the MLP, SNU
+    and continual-learning runs)."""
+    opt_kw = dict(cfg.extra.get("optimizer", {}))
+    if cfg.velocity_bits is not None:
+        from .backends.fixed_point import VelocityFormat
+
+        opt_kw["state_format"] = VelocityFormat(
+            cfg.velocity_bits, cfg.velocity_rounding, seed=cfg.seed + 611953)  # type: ignore[arg-type]
+        opt_kw["state_bits"] = cfg.velocity_bits
+    return make_optimizer(cfg.optimizer, cfg.momentum, **opt_kw)
+
+
 EpochCallback = Callable[[dict], None]
 
 
@@ -173,6 +215,10 @@ def run(cfg: TrainConfig, *, progress: bool = False,
     from .data import load_dataset
 
     cfg.check()
+    if cfg.model != "mlp":
+        from .snu import run_snu
+
+        return run_snu(cfg, progress=progress, on_epoch=on_epoch, dataset=dataset)
     model = load_device_model(cfg.backend)
     torch.manual_seed(cfg.seed)
     data = dataset or load_dataset(cfg.dataset, data_dir=cfg.data_dir,
@@ -187,7 +233,7 @@ def run(cfg: TrainConfig, *, progress: bool = False,
 
     net = build_network(cfg, model, x_train.shape[1], data.n_classes)
     credit = make_credit(cfg.credit, net, torch.Generator().manual_seed(cfg.seed + 104729))
-    optimizer = make_optimizer(cfg.optimizer, cfg.momentum, **cfg.extra.get("optimizer", {}))
+    optimizer = build_optimizer(cfg)
     grapes = cfg.grapes_params()
     learner = Learner(net, credit, grapes, optimizer)
 
@@ -268,6 +314,11 @@ def run(cfg: TrainConfig, *, progress: bool = False,
 
     tests = [e["test_acc"] for e in epochs if e["test_acc"] is not None]
     fit = fit_plateau(tests)
+    drift = None
+    if cfg.drift_eval and status == "ok":
+        from .backends.analog import drift_evaluation
+
+        drift = drift_evaluation(net, x_test, y_test, seed=cfg.seed)
     config = to_dict(cfg)
     config["layers"] = [int(v) for v in cfg.layers]
     config["lr_effective"] = lr
@@ -287,6 +338,7 @@ def run(cfg: TrainConfig, *, progress: bool = False,
         "optimizer_state_bytes": int(optimizer.state_bytes()),
         "memory": memory_report(net, optimizer, credit),
         "pulses_total": sum(e["pulses"] for e in epochs),
+        "drift": drift,
         "seconds_total": time.perf_counter() - t_start,
         "versions": versions(),
     }

@@ -17,6 +17,15 @@ postsynaptic nodes) and offers the operations an in-memory-computing array offer
 * ``program(w)``: write an initial weight matrix (programming noise applies here);
 * ``memory()`` and ``pulses()``: cost accounting.
 
+Optional methods, needed by the noise models of ``grapes_hw.noise`` (``wrap_with_noise``):
+
+* ``stored()``: the clean stored weights as a float tensor of ``shape`` (no read noise; may be
+  the backend's own tensor, so callers must not modify it);
+* ``store(w)``: set the stored weights to ``w`` as far as the format allows (a fixed-point
+  backend rounds and saturates, an analog one programs), without counting ``pulses()``;
+* ``weight_range()``: the reference scale of noise sigmas (fixed point: ``w_max``); without it
+  the noise model uses the layer's max |W| right after ``program()``.
+
 Learning rules never reach into a backend's internals and backends never know the rule.
 """
 

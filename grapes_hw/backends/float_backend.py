@@ -45,7 +45,21 @@ class FloatBackend:
     def read(self) -> torch.Tensor:
         return self.w
 
+    def stored(self) -> torch.Tensor:
+        """The stored weights (the tensor itself: do not modify; optional protocol method)."""
+        return self.w
+
+    def store(self, w: torch.Tensor) -> None:
+        """Set the stored weights (not counted as writes; optional protocol method)."""
+        self.w.copy_(w)
+
     def abs_sums(self, dim: int, ideal: bool = False) -> torch.Tensor:
+        if dim == 1 and self.w.is_contiguous():
+            from .._kernels import row_abs_sums  # fused numba pass (compiled on first use)
+
+            out = torch.empty(self.shape[0], dtype=self.dtype)
+            row_abs_sums(self.w.numpy(), out.numpy())
+            return out
         return torch.linalg.vector_norm(self.w, ord=1, dim=dim)
 
     # -- compute -----------------------------------------------------------------------------
