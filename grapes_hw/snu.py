@@ -465,6 +465,7 @@ def run_snu(cfg, *, progress: bool = False, on_epoch=None, dataset=None) -> dict
         "optimizer_state_bytes": int(optimizer.state_bytes()),
         "memory": memory_report(net, optimizer, _NoFeedback()),
         "pulses_total": sum(e["pulses"] for e in epochs),
+        "drift": None,  # (--drift-eval: MLP runs on analog inference tiles only)
         "seconds_total": time.perf_counter() - t_start,
         "versions": versions(),
     }

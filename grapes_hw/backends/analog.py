@@ -8,8 +8,12 @@ weight-backend protocol onto the tile's own operations:
 * ``update(x, delta, lr)``: the tile's pulsed rank update of the whole minibatch (stochastic
   pulse trains; ``W <- W - lr/B * delta^T x`` in expectation). The GRAPES-modulated error
   goes straight in, so GRAPES runs on the device and needs no extra memory;
+  Each write is followed by the tile's ``post_update_step`` (as ``AnalogSGD`` does: decay,
+  diffusion; clipping, remapping and the training weight modifier of inference tiles);
 * ``increment(dw)``: column-by-column pulsed writes with one-hot inputs (as aihwkit's
   transfer compounds do), used by momentum to write its digital velocity to the device;
+  a step beyond one pulse train (``update.desired_bl`` steps of ``dw_min``) is split into
+  several verified writes instead of being clipped;
 * ``read()``: the weights as the periphery reads them: ``stored`` (the tile's conductance
   state mapped to weights, ``get_weights``) or ``mvm`` (estimated from noisy forward reads,
   ``read_weights``: realistic, expensive);
@@ -17,13 +21,26 @@ weight-backend protocol onto the tile's own operations:
   the programming steps the writes took: ``sum |dW_stored| / dw_min`` per write, with
   ``dw_min`` the device's nominal step (refresh/reset pulses are not included).
 
+One tile per layer (``mapping.max_input_size`` / ``max_output_size``, which make aihwkit's
+``AnalogLinear`` split large layers over several tiles, are not used).
+
+Randomness: the device-to-device variation is drawn when the tile is built, from the
+device's ``construction_seed``; the backend derives it from its ``seed`` (unless the config
+sets one), so it is reproducible. Programming noise and drift of inference tiles use torch's
+RNG (seeded). aihwkit's C++ RNG (stochastic pulse trains, cycle-to-cycle write noise, IO
+noise) is seeded at random when a tile is built, and aihwkit 1.2.0 exposes no way to seed it
+(the C++ ``RPUSimple::setRandomSeed`` is not bound; ``torch.manual_seed`` does not reach
+it): in-situ runs on pulsed devices, and any run with IO noise, are not bit-reproducible.
+
 aihwkit is imported lazily: without it the rest of grapes_hw works, and building this
 backend raises ``BackendUnavailable`` with install instructions.
 """
 
 from __future__ import annotations
 
+import copy
 import enum
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -67,17 +84,27 @@ class AnalogParams:
     """Field overrides on the RPU config by dotted path, e.g.
     ``"mapping.weight_scaling_omega" = 1.0`` or ``"device.device.refresh_every" = 0``.
     A list on the path (``unit_cell_devices``) applies the rest of the path to every element;
-    enum fields take the member name as a string (``"forward.bound_management" = "NONE"``)."""
+    enum fields take the member name as a string (``"forward.bound_management" = "NONE"``);
+    object fields take an aihwkit class name, built with its defaults
+    (``"drift_compensation" = "GlobalDriftCompensation"``, ``"noise_model" =
+    "PCMLikeNoiseModel"``) or ``"none"``; keys apply in file order."""
     read: Literal["stored", "mvm"] = "stored"
     """How ``read()`` (and hence GRAPES' importance) reads the weights: ``stored`` maps the
     conductance state to weights (no read noise); ``mvm`` estimates them from noisy forward
     passes (aihwkit ``read_weights``; realistic and much slower)."""
     count_pulses: bool = True
     """Estimate write pulses (``|dW| / dw_min`` per write); costs two weight copies per write."""
+    g0: float = 0.0
+    """Baseline conductance (in the device's normalized units, 0..w_max) added to BOTH devices
+    of every differential pair (G+, G-) after each ``program``/``store``: the weight
+    ``G+ - G-`` is unchanged, but the devices start at a pre-SET conductance instead of 0
+    (where the PCM step response is steepest). Needs a two-device unit cell (PCMPreset,
+    MixedPrecisionPCMPreset); 0 leaves the pair as aihwkit programs it."""
 
     def check(self) -> None:
         require(self.read in ("stored", "mvm"), "read",
                 f"got {self.read!r}; allowed values: stored, mvm")
+        require(self.g0 >= 0, "g0", f"got {self.g0}; must be >= 0")
         try:
             build_rpu_config(self)
         except BackendUnavailable:
@@ -86,14 +113,16 @@ class AnalogParams:
 
 def _lookup(name: str, option: str):
     configs, presets = _aihwkit()
+    import aihwkit.inference as inference
     from aihwkit.simulator.configs import devices as cdevices
 
-    for mod in (presets, configs, cdevices):
+    for mod in (presets, configs, cdevices, inference):
         obj = getattr(mod, name, None)
         if isinstance(obj, type):
             return obj
     raise ConfigError(option, f"unknown aihwkit class {name!r}; e.g. PCMPreset, "
-                              "MixedPrecisionPCMPreset, IdealizedPreset, InferenceRPUConfig")
+                              "MixedPrecisionPCMPreset, IdealizedPreset, InferenceRPUConfig "
+                              "(or, for object fields, PCMLikeNoiseModel, GlobalDriftCompensation)")
 
 
 def _set_path(obj: Any, path: str, value: Any, key: str) -> None:
@@ -122,6 +151,14 @@ def _set_path(obj: Any, path: str, value: Any, key: str) -> None:
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise ConfigError(key, f"got {value!r}; expected a number")
                 value = type(current)(value) if isinstance(current, float) else value
+            elif isinstance(value, str) and not isinstance(current, str):
+                # An object field (noise_model, drift_compensation, ...): a class name builds
+                # a default instance, "none" clears it; set its fields on later paths.
+                if value.lower() == "none":
+                    value = None
+                else:
+                    cls = _lookup(value, key)
+                    value = cls if isinstance(current, type) else cls()
             setattr(obj, part, value)
         else:
             obj = getattr(obj, part)
@@ -164,6 +201,27 @@ def _devices_per_weight(device: Any) -> int:
     return len(cells) if cells else 1
 
 
+def _seed_construction(rpu_config: Any, seed: int) -> None:
+    """Make the device-to-device variation reproducible: aihwkit draws the per-device
+    parameters (dw_min, bounds, ...) at construction from ``device.construction_seed`` (0:
+    a random seed); an unset (0) seed is replaced by one derived from ``seed``."""
+    device = getattr(rpu_config, "device", None)
+    if device is not None and getattr(device, "construction_seed", None) == 0:
+        device.construction_seed = 1 + (int(seed) * 7919) % 2_000_000_000
+
+
+def _add_pair_baseline(tile: Any, g0: float) -> None:
+    """Add ``g0`` to both devices of every G+/G- pair (``AnalogParams.g0``)."""
+    hp = tile.get_hidden_parameters()
+    keys = [k for k in ("hidden_weights_0", "hidden_weights_1") if k in hp]
+    if len(keys) != 2 or "hidden_weights_2" in hp:
+        raise ConfigError("analog.g0", "needs a unit cell of exactly two devices (a G+/G- pair, "
+                                       "e.g. PCMPreset or MixedPrecisionPCMPreset)")
+    for k in keys:
+        hp[k] = hp[k] + g0
+    tile.set_hidden_parameters(hp)
+
+
 class AnalogTileBackend:
     """One layer's weights on an aihwkit analog tile (see the module docstring)."""
 
@@ -172,32 +230,57 @@ class AnalogTileBackend:
         self.params = params or AnalogParams()
         self.shape = (int(shape[0]), int(shape[1]))
         _aihwkit()
-        self.rpu_config = rpu_config if rpu_config is not None else build_rpu_config(self.params)
+        # A given config is copied: it is seeded below, and the caller's stays intact.
+        self.rpu_config = (copy.deepcopy(rpu_config) if rpu_config is not None
+                           else build_rpu_config(self.params))
+        _seed_construction(self.rpu_config, seed)
         torch.manual_seed(seed)
         self.tile = self.rpu_config.tile_class(self.shape[0], self.shape[1], self.rpu_config,
                                                bias=False)
         self.training = True
+        self._drift_compensation = getattr(self.tile.rpu_config, "drift_compensation", None)
         self._lr: float | None = None
         self._pulses = 0.0
         self._eye: torch.Tensor | None = None
+        # The stored (unscaled) weights as of the last write, kept while counting pulses: the
+        # next write's "before" and GRAPES' importance read come from it instead of another
+        # copy out of the tile. None: not known (after program/store/drift, or not counting).
+        self._snap: torch.Tensor | None = None
+        # Unscaled weights straight from the C++ tile (no bias on our tiles, CPU only).
+        self._direct = not getattr(self.tile, "analog_bias", False) and not hasattr(
+            self.tile.tile, "get_weights_cuda")
         device = getattr(self.rpu_config, "device", None)
         self.dw_min = _find_dw_min(device)
         self.pulsed = hasattr(self.rpu_config, "update") and self.dw_min is not None
         self.n_devices = _devices_per_weight(device) if self.pulsed else 0
         self.mixed_precision = type(device).__name__.startswith("MixedPrecision")
+        update = getattr(self.rpu_config, "update", None)
+        bl = getattr(update, "desired_bl", None)
+        # Steps one pulsed write can make (None: writes are not pulse-limited here: float and
+        # inference tiles, or mixed precision, whose increments go to the digital chi first).
+        self.max_steps: int | None = (int(bl) if self.pulsed and not self.mixed_precision
+                                      and isinstance(bl, int) and bl > 0 else None)
 
     # -- programming and reading ------------------------------------------------------------
     def program(self, w: torch.Tensor) -> None:
         if tuple(w.shape) != self.shape:
-            raise ValueError(f"program: expected weights of shape {self.shape}, got {tuple(w.shape)}")
-        self.tile.set_weights(w.detach().float().contiguous())
+            raise ValueError(f"program: expected weights of shape {self.shape}, "
+                             f"got {tuple(w.shape)}")
+        self.store(w)
 
     def stored(self) -> torch.Tensor:
-        """The weights the tile's conductances encode (no read noise)."""
-        return self.tile.get_weights()[0]
+        """The weights the tile's conductances encode (no read noise; callers must not
+        modify the result)."""
+        raw = self._snap if self._snap is not None else self._raw()
+        scales = self.tile.get_scales()
+        return raw if scales is None else raw * scales.detach().reshape(-1, 1)
 
     def store(self, w: torch.Tensor) -> None:
         self.tile.set_weights(w.detach().float().contiguous())
+        self._lr = None  # set_weights may re-derive the mapping's learning-rate scale
+        self._snap = None
+        if self.params.g0:
+            _add_pair_baseline(self.tile, self.params.g0)
 
     def read(self) -> torch.Tensor:
         if self.params.read == "mvm":
@@ -205,8 +288,25 @@ class AnalogTileBackend:
         return self.stored()
 
     def abs_sums(self, dim: int, ideal: bool = False) -> torch.Tensor:
-        w = self.stored() if ideal else self.read()
-        return torch.linalg.vector_norm(w, ord=1, dim=dim)
+        if self.params.read == "mvm" and not ideal:
+            return torch.linalg.vector_norm(self.read(), ord=1, dim=dim)
+        # Stored weights: |raw| sums times |scale| (no scaled copy of the matrix).
+        raw = self._snap if self._snap is not None else self._raw()
+        scales = self.tile.get_scales()
+        scales = None if scales is None else scales.detach().reshape(-1).abs()
+        if dim == 1:
+            if raw.dtype == torch.float32 and raw.is_contiguous():
+                from .._kernels import row_abs_sums  # fused numba pass
+
+                out = torch.empty(self.shape[0], dtype=torch.float32)
+                row_abs_sums(raw.numpy(), out.numpy())
+            else:
+                out = torch.linalg.vector_norm(raw, ord=1, dim=1)
+            return out if scales is None else out.mul_(scales)
+        if scales is not None and scales.numel() > 1:
+            return (raw.abs() * scales[:, None]).sum(0)
+        out = torch.linalg.vector_norm(raw, ord=1, dim=dim)
+        return out if scales is None else out.mul_(scales)
 
     # -- compute -----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -226,17 +326,39 @@ class AnalogTileBackend:
             self._lr = lr
 
     def _raw(self) -> torch.Tensor:
+        """A fresh copy of the stored weights without the digital mapping scales."""
+        if self._direct:
+            return self.tile.tile.get_weights()
         return self.tile.get_weights(apply_weight_scaling=False)[0]
 
+    def _before(self) -> torch.Tensor | None:
+        if not (self.params.count_pulses and self.pulsed):
+            return None
+        return self._snap if self._snap is not None else self._raw()
+
     def _count(self, before: torch.Tensor | None) -> None:
-        if before is not None:
-            self._pulses += float((self._raw() - before).abs().sum()) / self.dw_min
+        if before is None:
+            return
+        after = self._raw()
+        if after.dtype == torch.float32 and after.is_contiguous() and before.is_contiguous():
+            from ._analog_kernels import abs_diff_sum
+
+            diff = abs_diff_sum(after.numpy(), before.numpy())
+        else:
+            diff = float((after - before).abs().sum())
+        self._pulses += diff / self.dw_min
+        self._snap = after
 
     def update(self, x: torch.Tensor, delta: torch.Tensor, lr: float) -> None:
-        """Pulsed rank update: aihwkit sums over the batch, so the rate is ``lr / B``."""
-        before = self._raw() if (self.params.count_pulses and self.pulsed) else None
+        """Pulsed rank update: aihwkit sums over the batch, so the rate is ``lr / B``.
+
+        Followed by the tile's ``post_update_step`` (once per minibatch, as ``AnalogSGD``
+        does): decay and diffusion of pulsed devices; weight clipping, remapping and the
+        hardware-aware-training weight modifier of inference tiles."""
+        before = self._before()
         self._set_lr(lr / x.shape[0])
         self.tile.update(x.float().contiguous(), delta.float().contiguous())
+        self.tile.post_update_step()
         self._count(before)
 
     def increment(self, dw: torch.Tensor) -> None:
@@ -245,10 +367,39 @@ class AnalogTileBackend:
         n_in = self.shape[1]
         if self._eye is None:
             self._eye = torch.eye(n_in, dtype=torch.float32)
-        before = self._raw() if (self.params.count_pulses and self.pulsed) else None
+        before = self._before()
         self._set_lr(1.0)
-        self.tile.update(self._eye, (-dw.T).float().contiguous())
+        repeats = self._write_repeats(dw)
+        if repeats == 1:
+            self.tile.update(self._eye, (-dw.T).float().contiguous())
+        else:
+            # Write-verify: each write aims at an equal share of what is still missing, so
+            # rounding to whole steps does not accumulate over the writes.
+            start = self._fresh_stored()
+            for i in range(repeats):
+                missing = dw if i == 0 else dw - (self._fresh_stored() - start)
+                self.tile.update(self._eye, (missing.T / -(repeats - i)).float().contiguous())
+        self.tile.post_update_step()
         self._count(before)
+
+    def _fresh_stored(self) -> torch.Tensor:
+        raw = self._raw()
+        scales = self.tile.get_scales()
+        return raw if scales is None else raw * scales.detach().reshape(-1, 1)
+
+    def _write_repeats(self, dw: torch.Tensor) -> int:
+        """How many pulsed writes ``increment`` splits ``dw`` into. One write of a pulsed
+        device moves a weight by at most ``update.desired_bl`` steps of ``dw_min`` (the pulse
+        train's length): a larger step is clipped by aihwkit, so it is written in several
+        writes instead, each verified by a read (as a write-verify periphery does)."""
+        if self.max_steps is None:
+            return 1
+        need = dw.detach().abs().amax(dim=1).float()  # per row, logical units
+        scales = self.tile.get_scales()  # logical = stored * scale (global or per row)
+        if scales is not None:
+            need = need / scales.detach().reshape(-1).float()
+        steps = float(need.max()) / self.dw_min if need.numel() else 0.0
+        return max(1, math.ceil(steps / self.max_steps)) if math.isfinite(steps) else 1
 
     # -- cost --------------------------------------------------------------------------------
     def memory(self) -> MemoryReport:
@@ -266,16 +417,22 @@ class AnalogTileBackend:
         """Program the current weights to the device with the noise model of an
         ``InferenceRPUConfig`` and let them drift for ``t_seconds``; ``compensation`` turns
         global drift compensation on or off (None: as configured)."""
-        if not hasattr(self.tile, "program_weights"):
+        if not (hasattr(self.tile, "drift_weights")
+                and hasattr(self.tile.rpu_config, "noise_model")):
             raise ConfigError("analog.rpu_config", "drift needs an InferenceRPUConfig-based "
                                                    f"tile, got {type(self.rpu_config).__name__}")
         if compensation is not None:
             if compensation:
-                from aihwkit.inference.compensation.drift import GlobalDriftCompensation
+                # The configured compensation (the model's "drift_compensation"), else global.
+                comp = self._drift_compensation
+                if comp is None:
+                    from aihwkit.inference.compensation.drift import GlobalDriftCompensation
 
-                self.tile.rpu_config.drift_compensation = GlobalDriftCompensation()
+                    comp = self._drift_compensation = GlobalDriftCompensation()
+                self.tile.rpu_config.drift_compensation = comp
             else:
                 self.tile.rpu_config.drift_compensation = None
+        self._snap = None
         self.tile.program_weights(from_reference=True)
         self.tile.drift_weights(t_seconds)
 
