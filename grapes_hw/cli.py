@@ -62,7 +62,8 @@ def unit_interval(s: str) -> float:
 def layer_list(s: str) -> tuple[int, ...]:
     parts = [p.strip() for p in s.split(",") if p.strip()]
     if not parts:
-        raise argparse.ArgumentTypeError(f"{s!r}: expected comma-separated widths, e.g. 256,256,256")
+        raise argparse.ArgumentTypeError(
+            f"{s!r}: expected comma-separated widths, e.g. 256,256,256")
     out = []
     for p in parts:
         try:
@@ -156,7 +157,8 @@ def config_from_args(args: argparse.Namespace):
         grapes_lower=args.grapes_lower, grapes_bits=args.grapes_bits,
         grapes_ideal_read=args.grapes_ideal_read, data_dir=args.data_dir,
         velocity_bits=args.velocity_bits, velocity_rounding=args.velocity_rounding,
-        download=not args.no_download, drift_eval=args.drift_eval, model=args.model, time_steps=args.time_steps,
+        download=not args.no_download, drift_eval=args.drift_eval, model=args.model,
+        time_steps=args.time_steps,
         test_time_steps=args.test_time_steps,
     )
 
@@ -179,6 +181,10 @@ def write_json(path: str, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def _num(v, spec: str = ".4f") -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .devices import load_device_model
     from .train import run
@@ -191,18 +197,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     def on_epoch(rec: dict) -> None:
         if not args.quiet:
-            acc = rec["test_acc"]
-            print(f"epoch {rec['epoch']:3d}  loss {rec['train_loss'] if rec['train_loss'] is not None else float('nan'):.4f}  "
-                  f"train {rec['train_acc']:.4f}  test {acc if acc is not None else float('nan'):.4f}  "
+            print(f"epoch {rec['epoch']:3d}  loss {_num(rec['train_loss'])}  "
+                  f"train {rec['train_acc']:.4f}  test {_num(rec['test_acc'])}  "
                   f"{rec['seconds']:.2f}s", flush=True)
 
     result = run(cfg, progress=not args.quiet, on_epoch=on_epoch)
     if args.out:
         write_json(args.out, result)
-    best = result["best_test_acc"]
-    print(f"status {result['status']}  best test acc {best if best is not None else float('nan'):.4f}  "
-          f"final {result['final_test_acc'] if result['final_test_acc'] is not None else float('nan'):.4f}  "
-          f"slowness {result['slowness'] if result['slowness'] is not None else float('nan'):.3f}  "
+    print(f"status {result['status']}  best test acc {_num(result['best_test_acc'])}  "
+          f"final {_num(result['final_test_acc'])}  slowness {_num(result['slowness'], '.3f')}  "
           f"optimizer state {result['optimizer_state_bytes']} B"
           + (f"  -> {args.out}" if args.out else ""))
     if result["status"] == "interrupted":

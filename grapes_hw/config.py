@@ -36,7 +36,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         allowed = get_args(tp)
         if value not in allowed:
-            raise ConfigError(key, f"got {value!r}; allowed values: {', '.join(map(repr, allowed))}")
+            allowed_s = ", ".join(map(repr, allowed))
+            raise ConfigError(key, f"got {value!r}; allowed values: {allowed_s}")
         return value
     if origin in (Union, types.UnionType):
         args = get_args(tp)

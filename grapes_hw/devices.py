@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import importlib
 import os
-import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+import tomllib
 
 from .config import from_mapping, to_dict
 from .errors import ConfigError

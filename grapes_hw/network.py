@@ -24,7 +24,8 @@ def he_uniform(shape: tuple[int, int], generator: torch.Generator,
                dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """He-uniform init, U(-sqrt(6/n_in), sqrt(6/n_in)), the GRAPES reference default."""
     limit = math.sqrt(6.0 / shape[1])
-    return (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1).mul_(limit).to(dtype)
+    u = torch.rand(shape, generator=generator, dtype=torch.float64)
+    return (u * 2 - 1).mul_(limit).to(dtype)
 
 
 def _kernels():
@@ -118,7 +119,8 @@ class Network:
             keep = None
             if train and self.dropout > 0:
                 # One node mask per minibatch: dropped units' rows are masked (GRAPES.md).
-                keep = (torch.rand(h.shape[1], generator=self.generator) >= self.dropout).to(h.dtype)
+                u = torch.rand(h.shape[1], generator=self.generator)
+                keep = (u >= self.dropout).to(h.dtype)
                 h = h.mul_(keep / (1.0 - self.dropout))
             if cache is not None:
                 cache.keep.append(keep)

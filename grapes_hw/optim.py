@@ -10,7 +10,8 @@ memory, at the precision it is held in.
 
 from __future__ import annotations
 
-from typing import Hashable, Literal
+from collections.abc import Hashable
+from typing import Literal
 
 import torch
 

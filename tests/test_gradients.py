@@ -64,7 +64,7 @@ def test_trajectories_equal_torch_optim(small_weights, kind):
         torch.nn.functional.cross_entropy(model(x), y).backward()
         ref.step()
     lins = [m for m in model if isinstance(m, torch.nn.Linear)]
-    for layer, lin in zip(net.layers, lins):
+    for layer, lin in zip(net.layers, lins, strict=True):
         torch.testing.assert_close(layer.backend.read(), lin.weight.detach(), rtol=1e-9, atol=1e-11)
     # and the weights did move, so the comparison is not vacuous
     assert not torch.allclose(net.layers[0].backend.read(), small_weights[0])

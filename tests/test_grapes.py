@@ -59,7 +59,8 @@ def _positive_net():
     # make row sums distinct so that m varies across nodes
     ws[0][0] *= 3.0
     ws[1][2] *= 2.5
-    return ws, torch.rand((8, 4), generator=g, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    x = torch.rand((8, 4), generator=g, dtype=torch.float64)
+    return ws, x, torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
 
 
 def test_propagating_factors_compound():

@@ -39,7 +39,8 @@ class FloatBackend:
     # -- programming and reading -----------------------------------------------------------
     def program(self, w: torch.Tensor) -> None:
         if tuple(w.shape) != self.shape:
-            raise ValueError(f"program: expected weights of shape {self.shape}, got {tuple(w.shape)}")
+            raise ValueError(
+                f"program: expected weights of shape {self.shape}, got {tuple(w.shape)}")
         self.w.copy_(w)
 
     def read(self) -> torch.Tensor:
