@@ -21,8 +21,10 @@ weight-backend protocol onto the tile's own operations:
   the programming steps the writes took: ``sum |dW_stored| / dw_min`` per write, with
   ``dw_min`` the device's nominal step (refresh/reset pulses are not included).
 
-One tile per layer (``mapping.max_input_size`` / ``max_output_size``, which make aihwkit's
-``AnalogLinear`` split large layers over several tiles, are not used).
+One tile per layer by default. ``AnalogParams.tile_size`` splits a larger layer over a grid
+of arrays (``SplitAnalogBackend``: partial sums added digitally, each array with its own
+periphery); aihwkit's ``mapping.max_input_size`` / ``max_output_size`` (which act only in
+its ``AnalogLinear``) are not used.
 
 Randomness: the device-to-device variation is drawn when the tile is built, from the
 device's ``construction_seed``; the backend derives it from its ``seed`` (unless the config
@@ -100,11 +102,22 @@ class AnalogParams:
     ``G+ - G-`` is unchanged, but the devices start at a pre-SET conductance instead of 0
     (where the PCM step response is steepest). Needs a two-device unit cell (PCMPreset,
     MixedPrecisionPCMPreset); 0 leaves the pair as aihwkit programs it."""
+    tile_size: int | None = None
+    """Size of one physical crossbar array, in cells: at most ``tile_size`` rows (inputs)
+    and ``tile_size`` columns (outputs). A larger layer is split over a grid of arrays
+    (``SplitAnalogBackend``): each array has its own DAC/ADC and IO noise, and the partial
+    sums of the arrays along a layer's inputs are added digitally. None: one array per
+    layer, whatever its size. (aihwkit's own ``mapping.max_input_size`` /
+    ``max_output_size`` are not used: they act only inside ``AnalogLinear``.)"""
 
     def check(self) -> None:
         require(self.read in ("stored", "mvm"), "read",
                 f"got {self.read!r}; allowed values: stored, mvm")
         require(self.g0 >= 0, "g0", f"got {self.g0}; must be >= 0")
+        require(self.tile_size is None or (isinstance(self.tile_size, int)
+                                           and not isinstance(self.tile_size, bool)
+                                           and self.tile_size >= 1),
+                "tile_size", f"got {self.tile_size!r}; must be a positive integer or absent")
         try:
             build_rpu_config(self)
         except BackendUnavailable:
@@ -437,9 +450,141 @@ class AnalogTileBackend:
         self.tile.drift_weights(t_seconds)
 
 
+def _blocks(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+class SplitAnalogBackend:
+    """One layer's weights split over a grid of crossbar arrays of at most ``tile_size`` x
+    ``tile_size`` cells (``AnalogParams.tile_size``), each an ``AnalogTileBackend``.
+
+    The (n_out, n_in) matrix is cut into output blocks (rows) and input blocks (columns).
+    ``forward``: for each output block, the sum over input blocks of that array's analog MVM
+    of its input slice (every array applies its own DAC/ADC, noise and bound management; the
+    partial sums are added digitally); ``backward`` the same transposed. ``update`` /
+    ``increment``: every array gets its slice of x / delta / dw. Reads, programming, pulses
+    and memory are assembled or summed over the arrays. Every array draws its own
+    device-to-device variation (seeds derived from ``seed`` and its position)."""
+
+    def __init__(self, shape: tuple[int, int], params: AnalogParams, seed: int = 0,
+                 rpu_config: Any = None):
+        self.params = params
+        self.shape = (int(shape[0]), int(shape[1]))
+        size = int(params.tile_size)
+        self.row_blocks = _blocks(self.shape[0], size)
+        self.col_blocks = _blocks(self.shape[1], size)
+        n_cols = len(self.col_blocks)
+        self.tiles: list[list[AnalogTileBackend]] = [
+            [AnalogTileBackend((r.stop - r.start, c.stop - c.start), params,
+                               seed=seed * 1009 + i * n_cols + j, rpu_config=rpu_config)
+             for j, c in enumerate(self.col_blocks)]
+            for i, r in enumerate(self.row_blocks)]
+        first = self.tiles[0][0]
+        self.rpu_config = first.rpu_config
+        self.dw_min, self.pulsed = first.dw_min, first.pulsed
+        self.n_devices, self.mixed_precision = first.n_devices, first.mixed_precision
+        self._training = True
+
+    @property
+    def n_tiles(self) -> int:
+        return len(self.row_blocks) * len(self.col_blocks)
+
+    def _all(self):
+        return (t for row in self.tiles for t in row)
+
+    @property
+    def training(self) -> bool:
+        return self._training
+
+    @training.setter
+    def training(self, value: bool) -> None:
+        self._training = bool(value)
+        for t in self._all():
+            t.training = self._training
+
+    # -- programming and reading ------------------------------------------------------------
+    def program(self, w: torch.Tensor) -> None:
+        if tuple(w.shape) != self.shape:
+            raise ValueError(f"program: expected weights of shape {self.shape}, "
+                             f"got {tuple(w.shape)}")
+        self.store(w)
+
+    def store(self, w: torch.Tensor) -> None:
+        for r, row in zip(self.row_blocks, self.tiles, strict=True):
+            for c, t in zip(self.col_blocks, row, strict=True):
+                t.store(w[r, c])
+
+    def _assemble(self, get) -> torch.Tensor:
+        return torch.cat([torch.cat([get(t) for t in row], dim=1) for row in self.tiles], dim=0)
+
+    def stored(self) -> torch.Tensor:
+        return self._assemble(lambda t: t.stored())
+
+    def read(self) -> torch.Tensor:
+        return self._assemble(lambda t: t.read())
+
+    def abs_sums(self, dim: int, ideal: bool = False) -> torch.Tensor:
+        if dim == 1:  # per output: sum over the input blocks, stacked over output blocks
+            return torch.cat([sum(t.abs_sums(1, ideal) for t in row) for row in self.tiles])
+        return torch.cat([sum(self.tiles[i][j].abs_sums(0, ideal)
+                              for i in range(len(self.row_blocks)))
+                          for j in range(len(self.col_blocks))])
+
+    # -- compute -----------------------------------------------------------------------------
+    def _mvm(self, x: torch.Tensor, is_test: bool) -> torch.Tensor:
+        x = x.float()
+        xs = [x[:, c].contiguous() for c in self.col_blocks]
+        return torch.cat([sum(t.tile.joint_forward(xj, is_test=is_test)
+                              for t, xj in zip(row, xs, strict=True)) for row in self.tiles], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._mvm(x, is_test=not self._training)
+
+    def forward_inference(self, x: torch.Tensor) -> torch.Tensor:
+        return self._mvm(x, is_test=True)
+
+    def backward(self, delta: torch.Tensor) -> torch.Tensor:
+        delta = delta.float()
+        ds = [delta[:, r].contiguous() for r in self.row_blocks]
+        return torch.cat([sum(self.tiles[i][j].backward(ds[i]) for i in range(len(ds)))
+                          for j in range(len(self.col_blocks))], dim=1)
+
+    def update(self, x: torch.Tensor, delta: torch.Tensor, lr: float) -> None:
+        x, delta = x.float(), delta.float()
+        xs = [x[:, c].contiguous() for c in self.col_blocks]
+        for r, row in zip(self.row_blocks, self.tiles, strict=True):
+            d = delta[:, r].contiguous()
+            for t, xj in zip(row, xs, strict=True):
+                t.update(xj, d, lr)
+
+    def increment(self, dw: torch.Tensor) -> None:
+        for r, row in zip(self.row_blocks, self.tiles, strict=True):
+            for c, t in zip(self.col_blocks, row, strict=True):
+                t.increment(dw[r, c])
+
+    # -- cost --------------------------------------------------------------------------------
+    def memory(self) -> MemoryReport:
+        reports = [t.memory() for t in self._all()]
+        return MemoryReport(n_weights=sum(m.n_weights for m in reports), bits_per_weight=0,
+                            digital_bytes=sum(m.digital_bytes for m in reports),
+                            device_count=sum(m.device_count for m in reports))
+
+    def pulses(self) -> int:
+        return int(round(sum(t._pulses for t in self._all())))
+
+    def program_and_drift(self, t_seconds: float, compensation: bool | None = None) -> None:
+        for t in self._all():
+            t.program_and_drift(t_seconds, compensation)
+
+
 def make_analog(shape, params, noise, seed):
-    """Factory for ``backend = "analog"`` device models."""
-    backend = AnalogTileBackend(shape, params, seed)
+    """Factory for ``backend = "analog"`` device models: one tile per layer, or a grid of
+    arrays when ``params.tile_size`` is smaller than the layer."""
+    size = params.tile_size if params is not None else None
+    if size is not None and (shape[0] > size or shape[1] > size):
+        backend = SplitAnalogBackend(shape, params, seed)
+    else:
+        backend = AnalogTileBackend(shape, params, seed)
     if noise is not None:
         from ..noise import wrap_with_noise
 
@@ -472,7 +617,7 @@ def drift_evaluation(net, x_test: torch.Tensor, y_test: torch.Tensor,
     mean and std of the test accuracy are reported. Needs InferenceRPUConfig-based tiles.
     """
     layers = [layer.backend for layer in net.layers]
-    if not all(isinstance(b, AnalogTileBackend) for b in layers):
+    if not all(isinstance(b, (AnalogTileBackend, SplitAnalogBackend)) for b in layers):
         raise ConfigError("--drift-eval", "needs every layer on an analog backend")
     out = []
     torch.manual_seed(seed)
