@@ -61,6 +61,8 @@ __all__ = [
 ]
 
 DATASETS: tuple[str, ...] = ("digits", "fashion-mnist", "mnist")
+TRAIN_SIZES = {"digits": 1347, "fashion-mnist": 60000, "mnist": 60000}
+"""Training-set sizes (digits: the fixed 75 % split), so configs can be checked before loading."""
 """Names accepted by :func:`load_dataset` (and the CLI's ``--dataset``)."""
 
 IDX_DATASETS: tuple[str, ...] = ("fashion-mnist", "mnist")

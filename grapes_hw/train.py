@@ -116,6 +116,12 @@ class TrainConfig:
         require(self.epochs >= 1, "--epochs", f"got {self.epochs}; must be >= 1")
         require(self.train_subset is None or self.train_subset >= 1, "--train-subset",
                 f"got {self.train_subset}; must be >= 1")
+        from .data import TRAIN_SIZES
+
+        n_max = TRAIN_SIZES.get(self.dataset)
+        require(self.train_subset is None or n_max is None or self.train_subset <= n_max,
+                "--train-subset", f"got {self.train_subset}; the {self.dataset} training set "
+                                  f"has {n_max} samples, so allowed values are 1..{n_max}")
         require(0 <= self.val_fraction < 1, "--val-fraction",
                 f"got {self.val_fraction}; must be in [0, 1)")
         require(0 <= self.dropout < 1, "--dropout", f"got {self.dropout}; must be in [0, 1)")

@@ -91,3 +91,9 @@ def test_devices_lists_float32(capsys):
     assert main(["devices"]) == 0
     out = capsys.readouterr().out
     assert "float32" in out and "Ideal" in out
+
+
+def test_train_subset_larger_than_dataset_is_rejected_before_training(capsys):
+    rc, err = call(capsys, "train", "--dataset", "digits", "--train-subset", "5000")
+    assert rc == 2
+    assert "--train-subset" in err and "1..1347" in err
