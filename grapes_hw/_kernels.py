@@ -20,7 +20,7 @@ from numba import njit
 def row_abs_sums(w, out):
     n, m = w.shape
     for i in range(n):
-        s = 0.0
+        s = w.dtype.type(0.0)  # accumulate in the weights' precision: SIMD-friendly
         for j in range(m):
             s += abs(w[i, j])
         out[i] = s
