@@ -54,8 +54,6 @@ Only BP credit assignment is supported for SNUs; dropout is not.
 
 from __future__ import annotations
 
-import math
-import sys
 import time
 from dataclasses import dataclass
 
@@ -346,7 +344,7 @@ def run_snu(cfg, *, progress: bool = False, on_epoch=None, dataset=None) -> dict
     from .data import load_dataset
     from .devices import load_device_model
     from .metrics import fit_plateau
-    from .train import build_optimizer, memory_report, total_pulses, versions
+    from .train import build_optimizer, memory_report, train_loop, versions
 
     cfg.check()
     model = load_device_model(cfg.backend)
@@ -381,67 +379,11 @@ def run_snu(cfg, *, progress: bool = False, on_epoch=None, dataset=None) -> dict
         gen = torch.Generator().manual_seed(cfg.seed + 31337)  # same test spikes every epoch
         return float((net.predict(x, cfg.test_time_steps, gen) == y).double().mean())
 
-    order_gen = torch.Generator().manual_seed(cfg.seed + 15485863)
-    n, bs = x_train.shape[0], cfg.batch_size
-    n_batches = math.ceil(n / bs)
-    epochs: list[dict] = []
-    status, diverged_epoch, interrupted = "ok", None, False
+    n = x_train.shape[0]
     t_start = time.perf_counter()
-    pulses_before = total_pulses(net)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.epochs * n_batches, unit="batch", leave=False,
-                   disable=not sys.stderr.isatty())
-    try:
-        for epoch in range(1, cfg.epochs + 1):
-            if interrupted:
-                break
-            t0 = time.perf_counter()
-            perm = torch.randperm(n, generator=order_gen)
-            loss_sum, correct, seen = 0.0, 0, 0
-            try:
-                for b in range(n_batches):
-                    idx = perm[b * bs:(b + 1) * bs]
-                    loss, c = learner.step(x_train[idx], y_train[idx], lr)
-                    loss_sum += loss
-                    correct += c
-                    seen += idx.shape[0]
-                    if not math.isfinite(loss):
-                        break
-                    if bar is not None:
-                        bar.update(1)
-            except KeyboardInterrupt:
-                interrupted, status = True, "interrupted"
-                if seen == 0:
-                    break
-            seconds = time.perf_counter() - t0
-            finite = math.isfinite(loss_sum) and all(
-                bool(torch.isfinite(layer.backend.read()).all()) for layer in net.layers)
-            pulses_now = total_pulses(net)
-            rec = {
-                "epoch": epoch,
-                "train_loss": loss_sum / max(seen, 1) if finite else None,
-                "train_acc": correct / max(seen, 1),
-                "test_acc": evaluate(x_test, y_test) if finite else None,
-                "seconds": seconds,
-                "pulses": pulses_now - pulses_before,
-            }
-            pulses_before = pulses_now
-            if seen < n:
-                rec["partial"] = True
-            if x_val.shape[0]:
-                rec["val_acc"] = evaluate(x_val, y_val) if finite else None
-            epochs.append(rec)
-            if on_epoch is not None:
-                on_epoch(rec)
-            if not finite:
-                status, diverged_epoch = "diverged", epoch
-                break
-    finally:
-        if bar is not None:
-            bar.close()
+    epochs, status, diverged_epoch = train_loop(
+        learner, net, cfg, lr, x_train, y_train, evaluate, x_test, y_test, x_val, y_val,
+        progress=progress, on_epoch=on_epoch)
 
     tests = [e["test_acc"] for e in epochs if e["test_acc"] is not None]
     fit = fit_plateau(tests)

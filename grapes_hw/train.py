@@ -215,6 +215,78 @@ def build_optimizer(cfg: TrainConfig):
 EpochCallback = Callable[[dict], None]
 
 
+
+def train_loop(learner, net, cfg: TrainConfig, lr: float, x_train, y_train, evaluate_fn,
+               x_test, y_test, x_val, y_val, *, progress: bool = False,
+               on_epoch: EpochCallback | None = None) -> tuple[list[dict], str, int | None]:
+    """The epoch loop shared by every model: seeded shuffling, per-epoch records (loss,
+    accuracy, test/val accuracy via ``evaluate_fn(x, y)``, seconds, pulses), divergence (a
+    non-finite loss or weight stops the run) and Ctrl-C (the partial epoch is kept).
+    Returns ``(epochs, status, diverged_epoch)``."""
+    order_gen = torch.Generator().manual_seed(cfg.seed + 15485863)
+    n = x_train.shape[0]
+    bs = cfg.batch_size
+    n_batches = math.ceil(n / bs)
+    epochs: list[dict] = []
+    status, diverged_epoch, interrupted = "ok", None, False
+    pulses_before = total_pulses(net)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.epochs * n_batches, unit="batch", leave=False,
+                   disable=not sys.stderr.isatty())
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            if interrupted:
+                break
+            t0 = time.perf_counter()
+            perm = torch.randperm(n, generator=order_gen)
+            loss_sum, correct, seen = 0.0, 0, 0
+            try:
+                for b in range(n_batches):
+                    idx = perm[b * bs:(b + 1) * bs]
+                    loss, c = learner.step(x_train[idx], y_train[idx], lr)
+                    loss_sum += loss
+                    correct += c
+                    seen += idx.shape[0]
+                    if not math.isfinite(loss):
+                        break
+                    if bar is not None:
+                        bar.update(1)
+            except KeyboardInterrupt:
+                # Keep what is done: this epoch is recorded as partial, the run as interrupted.
+                interrupted, status = True, "interrupted"
+                if seen == 0:
+                    break
+            seconds = time.perf_counter() - t0
+            finite = math.isfinite(loss_sum) and all(
+                bool(torch.isfinite(layer.backend.read()).all()) for layer in net.layers)
+            pulses_now = total_pulses(net)
+            rec = {
+                "epoch": epoch,
+                "train_loss": loss_sum / max(seen, 1) if finite else None,
+                "train_acc": correct / max(seen, 1),
+                "test_acc": evaluate_fn(x_test, y_test) if finite else None,
+                "seconds": seconds,
+                "pulses": pulses_now - pulses_before,
+            }
+            pulses_before = pulses_now
+            if seen < n:
+                rec["partial"] = True
+            if x_val.shape[0]:
+                rec["val_acc"] = evaluate_fn(x_val, y_val) if finite else None
+            epochs.append(rec)
+            if on_epoch is not None:
+                on_epoch(rec)
+            if not finite:
+                status, diverged_epoch = "diverged", epoch
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    return epochs, status, diverged_epoch
+
 def run(cfg: TrainConfig, *, progress: bool = False,
         on_epoch: EpochCallback | None = None, dataset=None) -> dict:
     """Train one network as configured; return the result dictionary."""
@@ -250,73 +322,11 @@ def run(cfg: TrainConfig, *, progress: bool = False,
         lr_scale = mean_factor(imps, cfg.grapes_lower)
         lr = cfg.lr * lr_scale
 
-    order_gen = torch.Generator().manual_seed(cfg.seed + 15485863)
     n = x_train.shape[0]
-    bs = cfg.batch_size
-    n_batches = math.ceil(n / bs)
-    epochs: list[dict] = []
-    status, diverged_epoch = "ok", None
-    interrupted = False
     t_start = time.perf_counter()
-    pulses_before = total_pulses(net)
-
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.epochs * n_batches, unit="batch", leave=False,
-                   disable=not sys.stderr.isatty())
-    try:
-        for epoch in range(1, cfg.epochs + 1):
-            if interrupted:
-                break
-            t0 = time.perf_counter()
-            perm = torch.randperm(n, generator=order_gen)
-            loss_sum, correct = 0.0, 0
-            seen = 0
-            try:
-                for b in range(n_batches):
-                    idx = perm[b * bs:(b + 1) * bs]
-                    loss, c = learner.step(x_train[idx], y_train[idx], lr)
-                    loss_sum += loss
-                    correct += c
-                    seen += idx.shape[0]
-                    if not math.isfinite(loss):
-                        break
-                    if bar is not None:
-                        bar.update(1)
-            except KeyboardInterrupt:
-                # Keep what is done: this epoch is recorded as partial, the run as interrupted.
-                interrupted = True
-                status = "interrupted"
-                if seen == 0:
-                    break
-            seconds = time.perf_counter() - t0
-            finite = math.isfinite(loss_sum) and all(
-                bool(torch.isfinite(layer.backend.read()).all()) for layer in net.layers)
-            pulses_now = total_pulses(net)
-            rec = {
-                "epoch": epoch,
-                "train_loss": loss_sum / max(seen, 1) if finite else None,
-                "train_acc": correct / max(seen, 1),
-                "test_acc": evaluate(net, x_test, y_test) if finite else None,
-                "seconds": seconds,
-                "pulses": pulses_now - pulses_before,
-            }
-            pulses_before = pulses_now
-            if seen < n:
-                rec["partial"] = True
-            if x_val.shape[0]:
-                rec["val_acc"] = evaluate(net, x_val, y_val) if finite else None
-            epochs.append(rec)
-            if on_epoch is not None:
-                on_epoch(rec)
-            if not finite:
-                status, diverged_epoch = "diverged", epoch
-                break
-    finally:
-        if bar is not None:
-            bar.close()
+    epochs, status, diverged_epoch = train_loop(
+        learner, net, cfg, lr, x_train, y_train, lambda x, y: evaluate(net, x, y),
+        x_test, y_test, x_val, y_val, progress=progress, on_epoch=on_epoch)
 
     tests = [e["test_acc"] for e in epochs if e["test_acc"] is not None]
     fit = fit_plateau(tests)
