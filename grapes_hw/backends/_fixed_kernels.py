@@ -1,25 +1,28 @@
 """Numba kernels of the fixed-point backend (imported lazily: never at package import).
 
-One fused pass per write: ``v = q + scale * g`` (or ``v = scale * g`` when setting from
-floats), rounding (nearest or stochastic), saturation at ``+-qmax``, the integer store, the
-float shadow copy ``w = q * step`` and the count of cells whose integer changed.
+One fused pass per write: ``v = q + scale * g`` (``accumulate``) or ``v = scale * g``
+(``assign``, setting from floats), rounding (nearest or stochastic), saturation at
+``+-qmax``, the integer store, the float shadow copy ``w = q * step`` and the count of cells
+whose integer changed.
 
-Stochastic rounding, ``floor(v + u)``: every cell has its own 16-bit xorshift generator
-(Metcalf's full-period triple 7, 9, 8: the state runs through all 65535 nonzero values), kept
-in a ``uint16`` array the size of the weights and seeded from the backend's seed. Each write
-advances the generator of every cell it rounds by one step and uses ``u = state / 65536``.
-Over a period ``u`` takes every value k/65536, k = 1..65535, once, so its mean is exactly 1/2:
-the rounding is unbiased up to the 2**-16 resolution of ``u``. Because every cell has its own
-stream the results do not depend on how rows are split between threads (bit-for-bit
-reproducible with any thread count), and the loop is shifts and xors on 16-bit lanes, which
-LLVM vectorises (about as fast as the rest of the pass).
+Stochastic rounding, ``floor(v + u)``, draws ``u`` from a counter-based generator: the
+backend gives every write a 32-bit ``key`` (a hash of its seed and a write counter) and cell
+``idx = i * n_in + j`` uses ``h = mix32(key + idx)``, ``u = (h >> 8) / 2**24``, where
+``mix32`` is Wellons' "lowbias32" integer hash (a bijection of 32-bit words with low bias).
+Within one write distinct cells get distinct words; across writes the key changes, so every
+cell sees a fresh pseudo-random stream. ``u`` takes the 2**24 values k / 2**24, so
+``E[u] = 1/2 - 2**-25``: the rounding is unbiased up to 3e-8 of one LSB. Because ``u`` depends
+only on (key, cell), results do not depend on how rows are split between threads (bit for
+bit reproducible with any thread count), and no generator state is kept or streamed through
+memory: a write reads ``g`` and ``q`` and writes ``q`` and the shadow, nothing else.
 
-``fastmath={"reassoc"}`` only lets LLVM vectorise the per-row change count (a float sum of
-0/1 values, exact below 2**24); the rounding arithmetic has no reassociable chains.
-
-The arithmetic type follows ``unit`` (``np.float32(1)`` or ``np.float64(1)``): the backend
-uses float32 for <= 8 bits (|q| <= 127 leaves 17 fraction bits for ``v``) and float64 for
-wider formats.
+Speed: every value in the inner loop has the arithmetic type of ``unit`` (``np.float32(1)``
+for <= 8 bits, where |q| <= 127 leaves 17 fraction bits for ``v``; ``np.float64(1)`` for wider
+formats): the bounds ``hi`` and the random term are passed or formed in that type, and the
+change count is a float of that type, so there is no 64-bit lane and LLVM vectorises the loop
+8 floats wide (the hash is 32-bit multiplies, shifts and xors). ``fastmath={"reassoc"}`` only
+lets LLVM vectorise the per-row change count (a sum of 0/1 values, exact below 2**24); the
+rounding arithmetic has no reassociable chains.
 """
 
 from __future__ import annotations
@@ -27,44 +30,85 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+_U24 = 1.0 / 16777216.0
+
+
+def mix32(x: int) -> int:
+    """Wellons' lowbias32 hash of a 32-bit word (pure Python twin of the kernel's ``_mix32``;
+    the backend uses it to derive per-write keys)."""
+    x &= 0xFFFFFFFF
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+@njit(inline="always")
+def _mix32(x):
+    x = np.uint32(x ^ (x >> np.uint32(16)))
+    x = np.uint32(x * np.uint32(0x7FEB352D))
+    x = np.uint32(x ^ (x >> np.uint32(15)))
+    x = np.uint32(x * np.uint32(0x846CA68B))
+    return np.uint32(x ^ (x >> np.uint32(16)))
+
+
+@njit(inline="always")
+def _uniform(base, j, inv):
+    """``u`` in [0, 1) for the cell at offset ``j`` from ``base`` (type of ``inv``)."""
+    return np.float32(np.uint32(_mix32(np.uint32(base + np.uint32(j))) >> np.uint32(8))) * inv
+
 
 @njit(cache=True, parallel=True, fastmath={"reassoc"})
-def apply_write(q, w, g, scale, unit, step, qmax, accumulate, stochastic, state):
-    """In place: ``q <- clamp(round((q if accumulate else 0) + scale * g), -qmax, qmax)``,
-    ``w <- q * step``; returns the number of cells whose integer value changed.
-
-    When not accumulating (setting from floats), values within 1e-3 of an integer are snapped
-    to it first, so a float copy of the stored weights stores back exactly even with
-    stochastic rounding.
-    """
+def accumulate(q, w, g, scale, unit, step, hi, stochastic, key):
+    """In place ``q <- clamp(round(q + scale * g), -hi, hi)``, ``w <- q * step``; returns the
+    number of cells whose integer value changed. ``scale`` and ``hi`` have the type of
+    ``unit``; ``step`` is float32 (the shadow's value ``q * step`` rounds once to float32);
+    ``key`` is this write's 32-bit random key (used only when ``stochastic``)."""
     n, m = q.shape
-    changed = np.zeros(n, np.float64)
-    hi = qmax * unit
     lo = -hi
-    inv = np.float32(1.0 / 65536.0)
+    inv = unit * np.float32(_U24)
+    changed = np.zeros(n, np.float64)
+    k = np.uint32(key)
     for i in prange(n):
-        c = np.float32(0)  # float count: vectorises as a reassociable sum, exact < 2**24
-        for j in range(m):
-            old = q[i, j]
-            if accumulate:
-                v = old * unit + scale * g[i, j]
-            else:
-                v = scale * g[i, j]
-                r0 = np.rint(v)
-                if abs(v - r0) < 1e-3:
-                    v = r0
-            if stochastic:
-                x = state[i, j]
-                x ^= np.uint16(x << np.uint16(7))
-                x ^= np.uint16(x >> np.uint16(9))
-                x ^= np.uint16(x << np.uint16(8))
-                state[i, j] = x
-                r = np.floor(v + np.float32(x) * inv)
-            else:
-                r = np.rint(v)
-            r = min(max(r, lo), hi)
-            c += np.float32(r != old)
-            q[i, j] = r
-            w[i, j] = r * step
+        c = unit - unit
+        if stochastic:
+            base = np.uint32(k + np.uint32(i * m))
+            for j in range(m):
+                old = q[i, j]
+                r = np.floor(old * unit + scale * g[i, j] + _uniform(base, j, inv))
+                r = min(max(r, lo), hi)
+                c += r != old
+                q[i, j] = r
+                w[i, j] = r * step
+        else:
+            for j in range(m):
+                old = q[i, j]
+                r = np.rint(old * unit + scale * g[i, j])
+                r = min(max(r, lo), hi)
+                c += r != old
+                q[i, j] = r
+                w[i, j] = r * step
         changed[i] = c
     return int(changed.sum())
+
+
+@njit(cache=True)
+def assign(q, w, g, scale, unit, step, hi, stochastic, key):
+    """In place ``q <- clamp(round(scale * g), -hi, hi)``, ``w <- q * step`` (programming
+    from floats). Values within 1e-3 of an integer are snapped to it first, so a float copy of
+    the stored weights stores back exactly even with stochastic rounding."""
+    n, m = q.shape
+    lo = -hi
+    inv = unit * np.float32(_U24)
+    k = np.uint32(key)
+    for i in range(n):
+        base = np.uint32(k + np.uint32(i * m))
+        for j in range(m):
+            v = scale * g[i, j]
+            r = np.rint(v)
+            if stochastic and abs(v - r) >= 1e-3:
+                r = np.floor(v + _uniform(base, j, inv))
+            r = min(max(r, lo), hi)
+            q[i, j] = r
+            w[i, j] = r * step

@@ -19,7 +19,8 @@ the forward/backward matrix products (it equals the dequantised integers exactly
 Writes (``update``, ``increment``; ``program`` and ``store`` set values) round the new value
 ``q + dW / step`` to an integer, ``nearest`` (round half to even) or ``stochastic``
 (``floor(v + u)``, ``u ~ U[0, 1)``: unbiased, ``E[round(v)] = v``; seeded and reproducible:
-each cell has its own 16-bit xorshift stream, see ``_fixed_kernels``), and saturate at
+``u`` is a counter-based hash of the seed, the write number and the cell, see
+``_fixed_kernels``), and saturate at
 ``+-qmax``. The work is one fused numba pass per write (compiled on first use):
 the gradient ``delta^T x`` is formed by BLAS into a preallocated buffer, then the kernel
 rounds, clamps, stores the integers and the shadow and counts the changed cells.
@@ -137,20 +138,25 @@ class FixedPointBackend:
         self._unit = np.float32(1.0) if self.bits <= 8 else np.float64(1.0)
         self._stochastic = p.rounding == "stochastic"
         self.seed = int(seed)
-        # Per-cell 16-bit xorshift states of stochastic rounding (simulator state, not device
-        # memory: a digital design would use a shared LFSR); nonzero, seeded.
-        rng = np.random.Generator(np.random.PCG64(self.seed & 0xFFFFFFFFFFFFFFFF))
-        self._rng_state = (rng.integers(1, 1 << 16, size=self.shape, dtype=np.uint16)
-                           if self._stochastic else np.ones((1, 1), dtype=np.uint16))
+        # Stochastic rounding draws from a counter-based hash (see _fixed_kernels): each write
+        # gets a fresh 32-bit key derived from the seed and a write counter; no per-cell state.
+        self._writes_done = 0
         self._changed = 0
 
     # -- the fused write ---------------------------------------------------------------------
     def _write(self, g: torch.Tensor, scale: float, accumulate: bool) -> int:
         if not g.is_contiguous() or g.dtype != torch.float32:
             g = g.to(torch.float32).contiguous()
-        return int(_kernels().apply_write(
-            self.q.numpy(), self.w.numpy(), g.numpy(), self._unit.dtype.type(scale), self._unit,
-            np.float32(self.step), self.qmax, accumulate, self._stochastic, self._rng_state))
+        k = _kernels()
+        kernel = k.accumulate if accumulate else k.assign
+        ft = self._unit.dtype.type
+        key = 0
+        if self._stochastic:
+            self._writes_done += 1
+            key = k.mix32(k.mix32(self.seed ^ (self.seed >> 32)) ^ k.mix32(self._writes_done))
+        n = kernel(self.q.numpy(), self.w.numpy(), g.numpy(), ft(scale), self._unit,
+                   np.float32(self.step), ft(self.qmax), self._stochastic, key)
+        return int(n) if accumulate else 0
 
     def _quantize_from(self, w: torch.Tensor) -> None:
         if tuple(w.shape) != self.shape:
