@@ -44,3 +44,81 @@ def act_grad_scale(g, h, m, relu, scaled):
 
 def ones(n: int, dtype) -> np.ndarray:
     return np.ones(n, dtype=dtype)
+
+
+@njit(cache=True)
+def softmax_xent(logits, y, e):
+    """``e <- softmax(logits) - onehot(y)`` (``e`` may be ``logits`` itself); returns the
+    summed cross-entropy (float64 accumulation) and the number of rows whose first maximal
+    logit is the label. No fastmath: NaN or Inf logits give a NaN loss, which is how a
+    diverging run is detected."""
+    nb, k = logits.shape
+    loss = 0.0
+    correct = 0
+    for b in range(nb):
+        mx = logits[b, 0]
+        am = 0
+        for c in range(1, k):
+            if logits[b, c] > mx:
+                mx = logits[b, c]
+                am = c
+        t = y[b]
+        zt = logits[b, t] - mx
+        s = 0.0
+        for c in range(k):
+            v = np.exp(logits[b, c] - mx)
+            e[b, c] = v
+            s += v
+        inv = 1.0 / s
+        for c in range(k):
+            e[b, c] *= inv
+        e[b, t] -= 1.0
+        loss += np.log(s) - zt
+        correct += am == t
+    return loss, correct
+
+
+@njit(cache=True)
+def modulation(imp, out, lower, has_lower, levels):
+    """GRAPES' ``m = clip(2 i / max(i), lower, 2)`` into ``out``, held on ``levels + 1``
+    evenly spaced values of [lo, 2] when ``levels > 0`` (lo = ``lower``, or min m when
+    unbounded). All-zero or non-finite importance gives m = 1 everywhere. The arithmetic is
+    in the dtype of ``imp`` with the constants rounded to it, like the torch reference
+    ``grapes.modulation_factor``."""
+    n = imp.shape[0]
+    if n == 0:
+        return
+    one = imp.dtype.type(1.0)
+    top = imp[0]
+    bad = False
+    for i in range(n):
+        v = imp[i]
+        if not np.isfinite(v):
+            bad = True
+        elif v > top:
+            top = v
+    if bad or not np.isfinite(top) or top <= 0:
+        for i in range(n):
+            out[i] = one
+        return
+    scale = imp.dtype.type(2.0 / top)
+    two = imp.dtype.type(2.0)
+    lo_b = imp.dtype.type(lower)
+    mn = two
+    for i in range(n):
+        m = imp[i] * scale
+        if has_lower and m < lo_b:
+            m = lo_b
+        if m > two:
+            m = two
+        out[i] = m
+        if m < mn:
+            mn = m
+    if levels > 0:
+        lo = lower if has_lower else float(mn)
+        if lo < 2.0:
+            step = (2.0 - lo) / levels
+            s32 = imp.dtype.type(step)
+            l32 = imp.dtype.type(lo)
+            for i in range(n):
+                out[i] = np.rint((out[i] - l32) / s32) * s32 + l32

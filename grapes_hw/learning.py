@@ -17,7 +17,25 @@ from .network import ForwardCache, Network
 
 
 def softmax_error(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float, int]:
-    """Output error ``e = softmax(logits) - onehot(y)``, summed cross-entropy, #correct."""
+    """Output error ``e = softmax(logits) - onehot(y)``, summed cross-entropy, #correct.
+
+    A contiguous CPU float batch goes through one numba kernel (compiled on first use):
+    ten small torch operations cost more than the arithmetic at batch 64.
+    """
+    if (logits.dim() == 2 and logits.dtype in (torch.float32, torch.float64)
+            and logits.device.type == "cpu" and logits.is_contiguous()
+            and not logits.requires_grad and y.dtype == torch.int64 and y.is_contiguous()
+            and logits.shape[0] > 0):
+        from ._kernels import softmax_xent
+
+        e = torch.empty_like(logits)
+        loss, correct = softmax_xent(logits.numpy(), y.numpy(), e.numpy())
+        return e, float(loss), int(correct)
+    return _softmax_error_torch(logits, y)
+
+
+def _softmax_error_torch(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float, int]:
+    """The reference in torch operations (any device or dtype)."""
     logp = torch.log_softmax(logits, dim=1)
     yy = y[:, None]
     loss = -float(logp.gather(1, yy).sum())
