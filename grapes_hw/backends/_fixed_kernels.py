@@ -33,17 +33,6 @@ from numba import njit, prange
 _U24 = 1.0 / 16777216.0
 
 
-def mix32(x: int) -> int:
-    """Wellons' lowbias32 hash of a 32-bit word (pure Python twin of the kernel's ``_mix32``;
-    the backend uses it to derive per-write keys)."""
-    x &= 0xFFFFFFFF
-    x ^= x >> 16
-    x = (x * 0x7FEB352D) & 0xFFFFFFFF
-    x ^= x >> 15
-    x = (x * 0x846CA68B) & 0xFFFFFFFF
-    return x ^ (x >> 16)
-
-
 @njit(inline="always")
 def _mix32(x):
     x = np.uint32(x ^ (x >> np.uint32(16)))
@@ -59,38 +48,59 @@ def _uniform(base, j, inv):
     return np.float32(np.uint32(_mix32(np.uint32(base + np.uint32(j))) >> np.uint32(8))) * inv
 
 
+@njit(inline="always")
+def _accumulate_row(q, w, g, i, scale, unit, step, hi, stochastic, k, inv):
+    """One row of ``accumulate``; returns the row's change count (type of ``unit``)."""
+    m = q.shape[1]
+    lo = -hi
+    c = unit - unit
+    if stochastic:
+        base = np.uint32(k + np.uint32(i * m))
+        for j in range(m):
+            old = q[i, j]
+            r = np.floor(old * unit + scale * g[i, j] + _uniform(base, j, inv))
+            r = min(max(r, lo), hi)
+            c += r != old
+            q[i, j] = r
+            w[i, j] = r * step
+    else:
+        for j in range(m):
+            old = q[i, j]
+            r = np.rint(old * unit + scale * g[i, j])
+            r = min(max(r, lo), hi)
+            c += r != old
+            q[i, j] = r
+            w[i, j] = r * step
+    return c
+
+
 @njit(cache=True, parallel=True, fastmath={"reassoc"})
 def accumulate(q, w, g, scale, unit, step, hi, stochastic, key):
     """In place ``q <- clamp(round(q + scale * g), -hi, hi)``, ``w <- q * step``; returns the
     number of cells whose integer value changed. ``scale`` and ``hi`` have the type of
     ``unit``; ``step`` is float32 (the shadow's value ``q * step`` rounds once to float32);
-    ``key`` is this write's 32-bit random key (used only when ``stochastic``)."""
-    n, m = q.shape
-    lo = -hi
+    ``key`` is this write's 32-bit random key (used only when ``stochastic``). Rows are split
+    between threads."""
+    n = q.shape[0]
     inv = unit * np.float32(_U24)
-    changed = np.zeros(n, np.float64)
     k = np.uint32(key)
+    changed = np.zeros(n, np.float64)
     for i in prange(n):
-        c = unit - unit
-        if stochastic:
-            base = np.uint32(k + np.uint32(i * m))
-            for j in range(m):
-                old = q[i, j]
-                r = np.floor(old * unit + scale * g[i, j] + _uniform(base, j, inv))
-                r = min(max(r, lo), hi)
-                c += r != old
-                q[i, j] = r
-                w[i, j] = r * step
-        else:
-            for j in range(m):
-                old = q[i, j]
-                r = np.rint(old * unit + scale * g[i, j])
-                r = min(max(r, lo), hi)
-                c += r != old
-                q[i, j] = r
-                w[i, j] = r * step
-        changed[i] = c
+        changed[i] = _accumulate_row(q, w, g, i, scale, unit, step, hi, stochastic, k, inv)
     return int(changed.sum())
+
+
+@njit(cache=True, fastmath={"reassoc"})
+def accumulate_serial(q, w, g, scale, unit, step, hi, stochastic, key):
+    """``accumulate`` on the calling thread only (same results bit for bit): for small
+    layers, where waking a thread pool costs more than the pass."""
+    n = q.shape[0]
+    inv = unit * np.float32(_U24)
+    k = np.uint32(key)
+    total = 0.0
+    for i in range(n):
+        total += _accumulate_row(q, w, g, i, scale, unit, step, hi, stochastic, k, inv)
+    return int(total)
 
 
 @njit(cache=True)

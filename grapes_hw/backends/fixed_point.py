@@ -102,6 +102,21 @@ def quantize_symmetric(x: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.round(x / scale).clamp_(-levels, levels).mul_(scale)
 
 
+_PARALLEL_MIN_CELLS = 16384
+"""Layers with fewer weights are written on one thread (a thread pool wake-up costs more)."""
+
+
+def _mix32(x: int) -> int:
+    """Wellons' lowbias32 hash of a 32-bit word (the kernels' ``_mix32``, in Python): derives
+    the per-write keys of stochastic rounding from the seed and the write counter."""
+    x &= 0xFFFFFFFF
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
 def _kernels():
     """The numba kernels, compiled on first use (never at import time)."""
     from . import _fixed_kernels
@@ -141,21 +156,35 @@ class FixedPointBackend:
         # Stochastic rounding draws from a counter-based hash (see _fixed_kernels): each write
         # gets a fresh 32-bit key derived from the seed and a write counter; no per-cell state.
         self._writes_done = 0
+        self._seed_key = _mix32(_mix32(self.seed & 0xFFFFFFFF) ^ ((self.seed >> 32) & 0xFFFFFFFF))
         self._changed = 0
+        # Views and typed constants for the kernels, made once (the write runs every step).
+        self._ft = self._unit.dtype.type
+        self._np = (self.q.numpy(), self.w.numpy())
+        self._g_np = self._g.numpy()
+        self._step32 = np.float32(self.step)
+        self._hi = self._ft(self.qmax)
+        self._parallel = self.q.numel() >= _PARALLEL_MIN_CELLS
 
     # -- the fused write ---------------------------------------------------------------------
     def _write(self, g: torch.Tensor, scale: float, accumulate: bool) -> int:
-        if not g.is_contiguous() or g.dtype != torch.float32:
-            g = g.to(torch.float32).contiguous()
+        if g is self._g:
+            g_np = self._g_np
+        else:
+            if not g.is_contiguous() or g.dtype != torch.float32:
+                g = g.to(torch.float32).contiguous()
+            g_np = g.numpy()
         k = _kernels()
-        kernel = k.accumulate if accumulate else k.assign
-        ft = self._unit.dtype.type
+        if accumulate:
+            kernel = k.accumulate if self._parallel else k.accumulate_serial
+        else:
+            kernel = k.assign
         key = 0
-        if self._stochastic:
+        if self._stochastic:  # a fresh key per write (0x9E3779B9 odd: distinct per counter)
             self._writes_done += 1
-            key = k.mix32(k.mix32(self.seed ^ (self.seed >> 32)) ^ k.mix32(self._writes_done))
-        n = kernel(self.q.numpy(), self.w.numpy(), g.numpy(), ft(scale), self._unit,
-                   np.float32(self.step), ft(self.qmax), self._stochastic, key)
+            key = _mix32(self._seed_key + self._writes_done * 0x9E3779B9)
+        n = kernel(self._np[0], self._np[1], g_np, self._ft(scale), self._unit,
+                   self._step32, self._hi, self._stochastic, key)
         return int(n) if accumulate else 0
 
     def _quantize_from(self, w: torch.Tensor) -> None:
