@@ -664,7 +664,7 @@ def run_one(config: dict, key: str, threads: int | None = None) -> dict:
         from .train import TrainConfig, run
 
         if threads:
-            torch.set_num_threads(int(threads))
+            _limit_threads(int(threads))
         cfg = TrainConfig(**{**config, "layers": tuple(config["layers"])})
         result = run(cfg)
     except Exception as e:  # noqa: BLE001 - a failing run is recorded, the sweep goes on
@@ -675,6 +675,20 @@ def run_one(config: dict, key: str, threads: int | None = None) -> dict:
     rec["worker"] = {"host": socket.gethostname(), "pid": os.getpid(), "started": t0,
                      "finished": time.time(), "threads": threads}
     return rec
+
+
+def _limit_threads(n: int) -> None:
+    """``n`` threads for torch and for numba's parallel kernels (the fixed-point writes): with
+    several workers per machine, a numba pool sized to all cores in every worker fights the
+    other workers' threads, and spin-waiting pools made fixed-point runs ~10x slower."""
+    import torch
+
+    torch.set_num_threads(n)
+    os.environ["NUMBA_NUM_THREADS"] = str(n)  # read by numba when it is first imported
+    if "numba" in sys.modules:
+        import numba
+
+        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
 
 
 def error_record(key: str, config: dict, text: str, kind: str = "Error",
