@@ -343,8 +343,7 @@ def run_snu(cfg, *, progress: bool = False, on_epoch=None, dataset=None) -> dict
     """``train.run`` for ``--model snu|ssnu``: same result keys as the MLP run."""
     from .data import load_dataset
     from .devices import load_device_model
-    from .metrics import fit_plateau
-    from .train import build_optimizer, memory_report, train_loop, versions
+    from .train import build_optimizer, memory_report, result_record, train_loop
 
     cfg.check()
     model = load_device_model(cfg.backend)
@@ -379,38 +378,14 @@ def run_snu(cfg, *, progress: bool = False, on_epoch=None, dataset=None) -> dict
         gen = torch.Generator().manual_seed(cfg.seed + 31337)  # same test spikes every epoch
         return float((net.predict(x, cfg.test_time_steps, gen) == y).double().mean())
 
-    n = x_train.shape[0]
     t_start = time.perf_counter()
     epochs, status, diverged_epoch = train_loop(
         learner, net, cfg, lr, x_train, y_train, evaluate, x_test, y_test, x_val, y_val,
         progress=progress, on_epoch=on_epoch)
-
-    tests = [e["test_acc"] for e in epochs if e["test_acc"] is not None]
-    fit = fit_plateau(tests)
-    config = to_dict(cfg)
-    config["layers"] = [int(v) for v in cfg.layers]
-    config["lr_effective"] = lr
-    config["lr_scale"] = lr_scale
-    config["snu"] = to_dict(net.params)
-    return {
-        "config": config,
-        "device_model": model.to_dict(),
-        "dataset": {"name": data.name, "source": data.source, "n_train": int(n),
-                    "n_test": int(x_test.shape[0]), "n_val": int(x_val.shape[0])},
-        "epochs": epochs,
-        "best_test_acc": max(tests) if tests else None,
-        "final_test_acc": tests[-1] if tests else None,
-        "slowness": fit["slowness"],
-        "plateau_fit": fit,
-        "status": status,
-        "diverged_epoch": diverged_epoch,
-        "optimizer_state_bytes": int(optimizer.state_bytes()),
-        "memory": memory_report(net, optimizer, _NoFeedback()),
-        "pulses_total": sum(e["pulses"] for e in epochs),
-        "drift": None,  # (--drift-eval: MLP runs on analog inference tiles only)
-        "seconds_total": time.perf_counter() - t_start,
-        "versions": versions(),
-    }
+    # drift: --drift-eval applies to MLP runs on analog inference tiles only
+    return result_record(cfg, model, data, (x_train, x_test, x_val), epochs, status,
+                         diverged_epoch, optimizer, memory_report(net, optimizer, _NoFeedback()),
+                         lr, lr_scale, None, t_start, {"snu": to_dict(net.params)})
 
 
 __all__ = ["MODELS", "SNUParams", "SNUNetwork", "SNULearner", "rate_code", "h_out", "h_grad",

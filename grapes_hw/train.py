@@ -322,27 +322,38 @@ def run(cfg: TrainConfig, *, progress: bool = False,
         lr_scale = mean_factor(imps, cfg.grapes_lower)
         lr = cfg.lr * lr_scale
 
-    n = x_train.shape[0]
     t_start = time.perf_counter()
     epochs, status, diverged_epoch = train_loop(
         learner, net, cfg, lr, x_train, y_train, lambda x, y: evaluate(net, x, y),
         x_test, y_test, x_val, y_val, progress=progress, on_epoch=on_epoch)
 
-    tests = [e["test_acc"] for e in epochs if e["test_acc"] is not None]
-    fit = fit_plateau(tests)
     drift = None
     if cfg.drift_eval and status == "ok":
         from .backends.analog import drift_evaluation
 
         drift = drift_evaluation(net, x_test, y_test, seed=cfg.seed)
+    return result_record(cfg, model, data, (x_train, x_test, x_val), epochs, status,
+                         diverged_epoch, optimizer, memory_report(net, optimizer, credit), lr,
+                         lr_scale, drift, t_start)
+
+
+def result_record(cfg, model, data, splits, epochs: list[dict], status: str,
+                  diverged_epoch, optimizer, memory: dict, lr: float, lr_scale: float,
+                  drift, t_start: float, extra_config: dict | None = None) -> dict:
+    """The ``result.json`` of one run (MLP or SNU): resolved config, per-epoch records, best
+    and final test accuracy, plateau fit, status, memory and pulse costs, versions."""
+    x_train, x_test, x_val = splits
+    tests = [e["test_acc"] for e in epochs if e["test_acc"] is not None]
+    fit = fit_plateau(tests)
     config = to_dict(cfg)
     config["layers"] = [int(v) for v in cfg.layers]
     config["lr_effective"] = lr
     config["lr_scale"] = lr_scale
+    config.update(extra_config or {})
     return {
         "config": config,
         "device_model": model.to_dict(),
-        "dataset": {"name": data.name, "source": data.source, "n_train": int(n),
+        "dataset": {"name": data.name, "source": data.source, "n_train": int(x_train.shape[0]),
                     "n_test": int(x_test.shape[0]), "n_val": int(x_val.shape[0])},
         "epochs": epochs,
         "best_test_acc": max(tests) if tests else None,
@@ -352,7 +363,7 @@ def run(cfg: TrainConfig, *, progress: bool = False,
         "status": status,
         "diverged_epoch": diverged_epoch,
         "optimizer_state_bytes": int(optimizer.state_bytes()),
-        "memory": memory_report(net, optimizer, credit),
+        "memory": memory,
         "pulses_total": sum(e["pulses"] for e in epochs),
         "drift": drift,
         "seconds_total": time.perf_counter() - t_start,
