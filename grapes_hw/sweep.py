@@ -659,7 +659,6 @@ def run_one(config: dict, key: str, threads: int | None = None) -> dict:
             os._exit(77)
     t0 = time.time()
     try:
-
         from .train import TrainConfig, run
 
         if threads:
