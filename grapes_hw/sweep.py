@@ -744,10 +744,26 @@ def _run_local(specs: list[RunSpec], workers: int, threads: int | None,
                     else:
                         _requeue(s, deaths, pending, on_result)
                 inflight.clear()
-                pool.shutdown(wait=True, cancel_futures=True)
+                _discard_broken_pool(pool)
                 pool = new_pool()
     finally:
         pool.shutdown(wait=not inflight, cancel_futures=True)
+
+
+def _discard_broken_pool(pool) -> None:
+    """Shut down a pool one of whose workers died, killing the survivors first.
+
+    CPython 3.11's executor does not always terminate the surviving workers of a broken pool:
+    seen here, a survivor stayed blocked reading the call queue while ``shutdown(wait=True)``
+    joined it forever (a hung sweep, and a hung test under load). Their runs have already
+    been requeued, so nothing is lost by killing them."""
+    for p in list((getattr(pool, "_processes", None) or {}).values()):
+        try:
+            if p.is_alive():
+                p.kill()
+        except (OSError, ValueError):  # already reaped or closed
+            pass
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _requeue(s: RunSpec, deaths: Counter, pending: deque, on_result: Submit) -> None:

@@ -388,3 +388,26 @@ def test_worker_thread_limit_covers_torch_and_numba():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                        timeout=120)
     assert p.returncode == 0, p.stderr
+
+
+def test_discarding_a_broken_pool_does_not_wait_for_stuck_survivors():
+    # A survivor of a broken pool that never returns (seen: blocked on the call queue) must
+    # not hang the sweep: its run was requeued, so the pool kills it instead of joining it.
+    import multiprocessing as mp
+    import threading
+    from concurrent.futures import ProcessPoolExecutor
+
+    from grapes_hw.sweep import _discard_broken_pool
+
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("forkserver"))
+    fut = pool.submit(time.sleep, 600)
+    t0 = time.time()
+    while not pool._processes and time.time() - t0 < 60:  # worker started
+        time.sleep(0.05)
+    procs = list(pool._processes.values())
+    done = threading.Event()
+    th = threading.Thread(target=lambda: (_discard_broken_pool(pool), done.set()), daemon=True)
+    th.start()
+    assert done.wait(60), "shutdown waited for a stuck worker"
+    assert all(not p.is_alive() for p in procs)
+    assert fut.done()
