@@ -330,3 +330,21 @@ def test_cli_velocity_options_exit_2(args, option, capsys):
         raise SystemExit(rc)
     assert e.value.code == 2
     assert option in capsys.readouterr().err
+
+
+def test_stochastic_rounding_decisions_of_neighbouring_cells_are_uncorrelated():
+    # v = 0.5 everywhere: each cell rounds up iff its u >= 1/2. The decisions must look like
+    # independent fair coins, across a row (lag 1), down a column (lag n_in) and between writes.
+    b = FixedPointBackend((400, 784), FixedParams(bits=8), seed=11)
+    ups = []
+    for _ in range(2):
+        b.program(torch.zeros(b.shape))
+        b.increment(torch.full(b.shape, 0.5 * b.step))
+        ups.append(b.q.to(torch.float64).flatten())
+    a = ups[0]
+    assert abs(float(a.mean()) - 0.5) < 0.005
+    for lag in (1, 2, 784):
+        r = torch.corrcoef(torch.stack([a[:-lag], a[lag:]]))[0, 1]
+        assert abs(float(r)) < 0.01, (lag, float(r))
+    r = torch.corrcoef(torch.stack(ups))[0, 1]
+    assert abs(float(r)) < 0.01
