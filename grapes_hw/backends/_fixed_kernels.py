@@ -20,7 +20,8 @@ within the speed target (fixed8 / float32 epoch 1.31 -> 1.27-1.29).
 ``u`` takes the 2**24 values k / 2**24, so ``E[u] = 1/2 - 2**-25``: the rounding is
 unbiased up to 3e-8 of one LSB. Because ``u`` depends only on (key, cell), results do not
 depend on how rows are split between threads (bit for bit reproducible with any thread
-count), and no generator state is kept or streamed through memory: a write reads ``g`` and ``q`` and writes ``q`` and the shadow, nothing else.
+count), and no generator state is kept or streamed through memory: a write reads ``g`` and
+``q`` and writes ``q`` and the shadow, nothing else.
 
 Speed: every value in the inner loop has the arithmetic type of ``unit`` (``np.float32(1)``
 for <= 8 bits, where |q| <= 127 leaves 17 fraction bits for ``v``; ``np.float64(1)`` for wider
