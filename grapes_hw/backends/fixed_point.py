@@ -107,8 +107,9 @@ _PARALLEL_MIN_CELLS = 16384
 
 
 def _mix32(x: int) -> int:
-    """Wellons' lowbias32 hash of a 32-bit word (the kernels' ``_mix32``, in Python): derives
-    the per-write keys of stochastic rounding from the seed and the write counter."""
+    """Wellons' lowbias32 hash of a 32-bit word (two multiplies): derives the per-write keys
+    of stochastic rounding from the seed and the write counter (the kernels hash the cells
+    with a cheaper one-multiply mix, see ``_fixed_kernels``)."""
     x &= 0xFFFFFFFF
     x ^= x >> 16
     x = (x * 0x7FEB352D) & 0xFFFFFFFF
