@@ -42,6 +42,15 @@ def act_grad_scale(g, h, m, relu, scaled):
             g[b, i] *= d
 
 
+@njit(cache=True, fastmath=True)
+def scale_columns(g, m):
+    """In place ``g[b, i] *= m[i]`` (local GRAPES: the update's error, after propagation)."""
+    nb, n = g.shape
+    for b in range(nb):
+        for i in range(n):
+            g[b, i] *= m[i]
+
+
 def ones(n: int, dtype) -> np.ndarray:
     return np.ones(n, dtype=dtype)
 

@@ -13,7 +13,7 @@ import torch
 
 from .credit import BP
 from .grapes import GrapesParameters, modulation_factor
-from .network import ForwardCache, Network
+from .network import ForwardCache, Network, _fusable
 
 
 def softmax_error(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float, int]:
@@ -65,11 +65,16 @@ class Learner:
         self.optimizer = optimizer
         self.cache = ForwardCache()
         self.last_factors: list[torch.Tensor | None] = []
+        self._rowmod = None  # per hidden layer an _omp.RowModulation; False: not used
+        self._pending: list = []
 
     def factors(self) -> list[torch.Tensor | None]:
         """GRAPES factor m^l for each hidden layer l (None when GRAPES is off)."""
         if self.grapes.mode == "off":
             return [None] * self.net.n_hidden
+        fused = self._fused_factors() if self._rowmod else None
+        if fused is not None:
+            return fused
         out = []
         for l in range(self.net.n_hidden):
             imp = self.credit.importance(l, ideal=self.grapes.ideal_read)
@@ -77,6 +82,56 @@ class Learner:
             if keep is not None:  # dropped nodes: importance 0, hence m = lower bound
                 imp = imp * keep.to(imp.dtype)
             out.append(modulation_factor(imp, self.grapes.lower, self.grapes.bits))
+        return out
+
+    # -- GRAPES factors fused into the forward pass -------------------------------------------
+    # Where it applies (row importance as in BP and FA, hidden backends whose read() is their
+    # float32 storage, no dropout, torch's OpenMP pool found), m^l is computed right after
+    # layer l's forward MVM, in one parallel pass over W^l while it is still in the CPU
+    # caches. The weights do not change between the forward pass and the updates, so these
+    # are exactly the factors the spec asks for; factors() checks that (the tensor and its
+    # version counter) and otherwise takes the generic path. Same values either way (tests).
+
+    def _fused_ok(self) -> bool:
+        layers = self.net.layers[:self.net.n_hidden]
+        return (self.grapes.mode != "off" and bool(layers) and self.net.dropout == 0
+                and type(self.credit).importance is BP.importance
+                and all(getattr(layer.backend, "exact_read", False)
+                        and layer.backend.read().dtype is torch.float32 for layer in layers))
+
+    def _arm_fused(self) -> None:
+        """Decide once whether the fused path applies; install the forward hook per step."""
+        if self._rowmod is None:
+            self._rowmod = False
+            if self._fused_ok():
+                from . import _omp  # numba cfunc on torch's OpenMP threads (lazy)
+
+                if _omp.available():
+                    g = self.grapes
+                    levels = 0 if g.bits is None else (1 << g.bits) - 1
+                    self._rowmod = [_omp.RowModulation(layer.shape[0], g.lower, levels)
+                                    for layer in self.net.layers[:self.net.n_hidden]]
+        self._pending = [None] * self.net.n_hidden
+        self.cache.after_mvm = (self._after_mvm if self._rowmod and self.net.dropout == 0
+                                else None)
+
+    def _after_mvm(self, l: int, layer) -> None:
+        if l < self.net.n_hidden and getattr(layer.backend, "exact_read", False):
+            w = layer.backend.read()
+            rm = self._rowmod[l]
+            if rm.accepts(w):
+                self._pending[l] = (rm.run(w), w, w._version)
+
+    def _fused_factors(self) -> list[torch.Tensor] | None:
+        pending, self._pending = self._pending, [None] * self.net.n_hidden
+        out = []
+        for l, p in enumerate(pending):
+            if p is None:
+                return None
+            m, w, version = p
+            if self.net.layers[l].backend.read() is not w or w._version != version:
+                return None
+            out.append(m)
         return out
 
     def errors(self, e: torch.Tensor, m: list[torch.Tensor | None]) -> list[torch.Tensor]:
@@ -93,13 +148,21 @@ class Learner:
             deltas[l] = g
         if self.grapes.mode == "local":
             # Propagation above used the unmodulated errors; scale only the updates.
+            # deltas[l] has already been sent down to layer l - 1, so it is scaled in place.
             for l in range(L - 1):
                 if m[l] is not None:
-                    deltas[l] = deltas[l] * m[l].to(deltas[l].dtype)
+                    d, s = deltas[l], m[l].to(deltas[l].dtype)
+                    if _fusable(d, s, None) and s.is_contiguous() and s.dim() == 1:
+                        from ._kernels import scale_columns  # numba, compiled on first use
+
+                        scale_columns(d.numpy(), s.numpy())
+                    else:
+                        d.mul_(s)
         return deltas
 
     def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[float, int]:
         """Train on one minibatch; returns (summed loss, number correct)."""
+        self._arm_fused()
         logits = self.net.forward(x, train=True, cache=self.cache)
         e, loss, correct = softmax_error(logits, y)
         m = self.factors()

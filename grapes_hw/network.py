@@ -9,6 +9,7 @@ pass keeps what credit assignment needs (each layer's input and hidden outputs).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -80,6 +81,10 @@ class ForwardCache:
     """``inputs[l]`` is layer l's input h^(l-1) (the data for l = 0)."""
     keep: list[torch.Tensor | None] = field(default_factory=list)
     """Per hidden layer: the dropout keep-mask over nodes (1 = kept), or None."""
+    after_mvm: Callable[[int, HWLinear], None] | None = None
+    """If set, called as ``after_mvm(l, layer)`` right after layer l's MVM in the forward
+    pass, while its weights are still in the CPU caches (the learner computes the GRAPES
+    factors there: a separate pass over the weights later costs several times more)."""
 
 
 class Network:
@@ -113,6 +118,8 @@ class Network:
             if cache is not None:
                 cache.inputs.append(h)
             a = layer.forward(h, train)
+            if cache is not None and cache.after_mvm is not None:
+                cache.after_mvm(i, layer)
             if i == len(self.layers) - 1:
                 return a
             h = self._act(a)

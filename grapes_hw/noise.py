@@ -180,6 +180,11 @@ class NoisyBackend:
     def weight_range(self) -> float:
         return self.ref()
 
+    @property
+    def exact_read(self) -> bool:
+        """Only without read noise is ``read()`` the inner backend's own tensor."""
+        return self.noise.read_sigma == 0 and bool(getattr(self.inner, "exact_read", False))
+
     def read(self) -> torch.Tensor:
         s = self.inner.read()
         if self.noise.read_sigma > 0:

@@ -26,6 +26,12 @@ Optional methods, needed by the noise models of ``grapes_hw.noise`` (``wrap_with
 * ``weight_range()``: the reference scale of noise sigmas (fixed point: ``w_max``); without it
   the noise model uses the layer's max |W| right after ``program()``.
 
+Optional attribute:
+
+* ``exact_read``: True when ``read()`` returns the backend's own stored tensor (no copy, no
+  read non-idealities), so statistics of ``read()`` such as ``abs_sums`` may be computed on it
+  in place, fused with other work. Absent means False.
+
 Learning rules never reach into a backend's internals and backends never know the rule.
 """
 

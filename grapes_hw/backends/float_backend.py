@@ -29,6 +29,9 @@ class FloatBackend:
     be put side by side (a digital SRAM write per weight per update).
     """
 
+    exact_read = True
+    """``read()`` is the stored tensor itself (see ``backends/base.py``)."""
+
     def __init__(self, shape: tuple[int, int], params: FloatParams | None = None):
         self.params = params or FloatParams()
         self.shape = (int(shape[0]), int(shape[1]))
