@@ -102,12 +102,31 @@ def _gomp_parallel(typingctx, gomp_parallel, fn, data, n_threads):
 # fastmath cfunc also wrote a fastmath ``modulation`` into that kernel's on-disk cache).
 @njit(fastmath=True, cache=True)
 def _row_sums(w, out, r0, r1):
+    """``out[i] = sum_j |w[i, j]|`` for rows r0..r1-1, four rows at a time: four streams
+    keep more cache misses in flight when the weights come from L3 (20-25% faster there)."""
     m = w.shape[1]
-    for i in range(r0, r1):
-        s = np.float32(0.0)
+    zero = np.float32(0.0)
+    i = r0
+    while i + 4 <= r1:
+        s0 = zero
+        s1 = zero
+        s2 = zero
+        s3 = zero
         for j in range(m):
-            s += abs(w[i, j])
-        out[i] = s
+            s0 += abs(w[i, j])
+            s1 += abs(w[i + 1, j])
+            s2 += abs(w[i + 2, j])
+            s3 += abs(w[i + 3, j])
+        out[i] = s0
+        out[i + 1] = s1
+        out[i + 2] = s2
+        out[i + 3] = s3
+        i += 4
+    for r in range(i, r1):
+        s = zero
+        for j in range(m):
+            s += abs(w[r, j])
+        out[r] = s
 
 
 # The argument block (int64 slots): omp_get_thread_num, omp_get_num_threads, GOMP_barrier,

@@ -65,7 +65,7 @@ class Learner:
         self.optimizer = optimizer
         self.cache = ForwardCache()
         self.last_factors: list[torch.Tensor | None] = []
-        self._rowmod = None  # per hidden layer an _omp.RowModulation; False: not used
+        self._rowmod = None  # per hidden layer (backend, _omp.RowModulation); False: unused
         self._pending: list = []
 
     def factors(self) -> list[torch.Tensor | None]:
@@ -109,18 +109,20 @@ class Learner:
                 if _omp.available():
                     g = self.grapes
                     levels = 0 if g.bits is None else (1 << g.bits) - 1
-                    self._rowmod = [_omp.RowModulation(layer.shape[0], g.lower, levels)
+                    self._rowmod = [(layer.backend,
+                                     _omp.RowModulation(layer.shape[0], g.lower, levels))
                                     for layer in self.net.layers[:self.net.n_hidden]]
         self._pending = [None] * self.net.n_hidden
         self.cache.after_mvm = (self._after_mvm if self._rowmod and self.net.dropout == 0
                                 else None)
 
     def _after_mvm(self, l: int, layer) -> None:
-        if l < self.net.n_hidden and getattr(layer.backend, "exact_read", False):
-            w = layer.backend.read()
-            rm = self._rowmod[l]
-            if rm.accepts(w):
-                self._pending[l] = (rm.run(w), w, w._version)
+        if l < len(self._rowmod):
+            backend, rm = self._rowmod[l]
+            if backend is layer.backend and backend.exact_read:
+                w = backend.read()
+                if rm.accepts(w):
+                    self._pending[l] = (rm.run(w), w, w._version)
 
     def _fused_factors(self) -> list[torch.Tensor] | None:
         pending, self._pending = self._pending, [None] * self.net.n_hidden
