@@ -31,75 +31,14 @@ import os
 
 import numpy as np
 import torch
-from llvmlite import ir
 from numba import carray, cfunc, njit, types
-from numba.extending import intrinsic
 
 from ._kernels import modulation
+from ._ptr import _call_int, _call_void, _f32_ptr, _gomp_parallel, _i64_ptr
 
 _HEADER = 12  # int64 slots of the argument block (layout above _row_modulation_body)
 
 
-@intrinsic
-def _call_int(typingctx, addr):
-    """Call the C function ``int f(void)`` at address ``addr``."""
-    sig = types.int32(types.int64)
-
-    def codegen(context, builder, signature, args):
-        fnty = ir.FunctionType(ir.IntType(32), [])
-        return builder.call(builder.inttoptr(args[0], fnty.as_pointer()), [])
-    return sig, codegen
-
-
-@intrinsic
-def _call_void(typingctx, addr):
-    """Call the C function ``void f(void)`` at address ``addr``."""
-    sig = types.void(types.int64)
-
-    def codegen(context, builder, signature, args):
-        fnty = ir.FunctionType(ir.VoidType(), [])
-        builder.call(builder.inttoptr(args[0], fnty.as_pointer()), [])
-        return context.get_dummy_value()
-    return sig, codegen
-
-
-@intrinsic
-def _f32_ptr(typingctx, addr):
-    sig = types.CPointer(types.float32)(types.int64)
-
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], context.get_value_type(types.CPointer(types.float32)))
-    return sig, codegen
-
-
-@intrinsic
-def _i64_ptr(typingctx, addr):
-    sig = types.CPointer(types.int64)(types.int64)
-
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], context.get_value_type(types.CPointer(types.int64)))
-    return sig, codegen
-
-
-@intrinsic
-def _gomp_parallel(typingctx, gomp_parallel, fn, data, n_threads):
-    """``GOMP_parallel(fn, data, n_threads, 0)`` through the function's address."""
-    sig = types.void(types.int64, types.int64, types.int64, types.int64)
-
-    def codegen(context, builder, signature, args):
-        i8p = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [i8p, i8p, i32, i32])
-        builder.call(builder.inttoptr(args[0], fnty.as_pointer()),
-                     [builder.inttoptr(args[1], i8p), builder.inttoptr(args[2], i8p),
-                      builder.trunc(args[3], i32), ir.Constant(i32, 0)])
-        return context.get_dummy_value()
-    return sig, codegen
-
-
-# fastmath is set here and NOT on the cfunc below: numba lets a callee that does not set
-# fastmath inherit the caller's, and ``modulation`` must keep its NaN/Inf checks (a
-# fastmath cfunc also wrote a fastmath ``modulation`` into that kernel's on-disk cache).
 @njit(fastmath=True, cache=True)
 def _row_sums(w, out, r0, r1):
     """``out[i] = sum_j |w[i, j]|`` for rows r0..r1-1, four rows at a time: four streams

@@ -211,3 +211,32 @@ def test_compiling_the_pool_kernel_first_keeps_modulation_exact(tmp_path):
     out = subprocess.run([sys.executable, "-c", second], env=env, capture_output=True,
                          text=True, check=True)
     assert out.stdout.strip() == "[1.0, 1.0, 1.0]"
+
+
+@needs_pool
+@pytest.mark.parametrize("bits,rounding", [(8, "stochastic"), (8, "nearest"), (16, "stochastic"),
+                                           (12, "nearest")])
+def test_fixed_point_write_on_torch_threads_matches_numba_parallel(bits, rounding):
+    from grapes_hw.backends.fixed_point import FixedParams, FixedPointBackend
+
+    def run(pool: bool, threads: int):
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            b = FixedPointBackend((200, 130), FixedParams(bits=bits, rounding=rounding), seed=5)
+            b.program(torch.randn(200, 130, generator=torch.Generator().manual_seed(0)) * 0.1)
+            if not pool:
+                b._pool = False
+            g = torch.Generator().manual_seed(1)
+            for _ in range(4):
+                b.update(torch.rand(32, 130, generator=g), torch.randn(32, 200, generator=g), 0.5)
+            assert (b._pool not in (None, False)) == pool
+            return b.q.clone(), b.w.clone(), b.pulses()
+        finally:
+            torch.set_num_threads(before)
+
+    ref = run(pool=False, threads=2)
+    for threads in (1, 2, 3):
+        q, w, n = run(pool=True, threads=threads)
+        assert torch.equal(q, ref[0]) and torch.equal(w, ref[1]) and n == ref[2]
+    assert ref[2] > 0

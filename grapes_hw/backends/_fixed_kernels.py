@@ -35,7 +35,9 @@ rounding arithmetic has no reassociable chains.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import carray, cfunc, njit, prange, types
+
+from .._ptr import _call_int, _f32_ptr, _f64_ptr, _gomp_parallel, _i8_ptr, _i16_ptr, _i64_ptr
 
 _U24 = 1.0 / 16777216.0
 
@@ -116,6 +118,96 @@ def accumulate_serial(q, w, g, scale, unit, step, hi, stochastic, key):
     total = 0.0
     for i in range(n):
         total += _accumulate_row(q, w, g, i, scale, unit, step, hi, stochastic, k, inv)
+    return int(total)
+
+
+# -- the same write on torch's OpenMP threads ------------------------------------------------
+# numba's ``parallel=True`` above starts its own OpenMP pool beside torch's; on two cores the
+# two pools' spinning threads take turns on the same cores. These cfuncs are handed to
+# torch's own libgomp instead (see ``grapes_hw._omp``), one per storage type: int8 cells
+# with float32 arithmetic (<= 8 bits) and int16 cells with float64 arithmetic. Rows are
+# split between threads as in ``accumulate``; each cell's result depends only on (key, cell),
+# so all three versions agree bit for bit.
+
+_BLOCK = 16 + 64
+"""int64 words of the argument block: tid and nthreads functions, q, w, g, rows, cols,
+scale, step, hi (float64), stochastic, key, then one change count per thread (float64)."""
+
+
+@njit(inline="always")
+def _pool_rows(data, q, scale, hi, unit):
+    p = carray(data, _BLOCK, dtype=np.int64)
+    pf = carray(data, _BLOCK, dtype=np.float64)
+    tid = _call_int(p[0])
+    nth = _call_int(p[1])
+    n = p[5]
+    m = p[6]
+    w = carray(_f32_ptr(p[3]), (n, m))
+    g = carray(_f32_ptr(p[4]), (n, m))
+    step = np.float32(pf[8])
+    inv = unit * np.float32(_U24)
+    k = np.uint32(p[11])
+    stochastic = p[10] != 0
+    pf[16 + tid] = _accumulate_rows(q, w, g, n * tid // nth, n * (tid + 1) // nth, scale,
+                                    unit, step, hi, stochastic, k, inv)
+
+
+@njit(cache=True, fastmath={"reassoc"})
+def _accumulate_rows(q, w, g, r0, r1, scale, unit, step, hi, stochastic, k, inv):
+    """Rows r0..r1-1 of ``accumulate`` (a function of its own: compiled with array
+    arguments, LLVM vectorises it as it does ``accumulate``)."""
+    c = unit - unit
+    for i in range(r0, r1):
+        c += _accumulate_row(q, w, g, i, scale, unit, step, hi, stochastic, k, inv)
+    return c
+
+
+@cfunc(types.void(types.voidptr), cache=True, fastmath={"reassoc"})
+def _pool_accumulate_i8(data):
+    p = carray(data, _BLOCK, dtype=np.int64)
+    pf = carray(data, _BLOCK, dtype=np.float64)
+    _pool_rows(data, carray(_i8_ptr(p[2]), (p[5], p[6])), np.float32(pf[7]),
+               np.float32(pf[9]), np.float32(1.0))
+
+
+@cfunc(types.void(types.voidptr), cache=True, fastmath={"reassoc"})
+def _pool_accumulate_i16(data):
+    p = carray(data, _BLOCK, dtype=np.int64)
+    pf = carray(data, _BLOCK, dtype=np.float64)
+    _pool_rows(data, carray(_i16_ptr(p[2]), (p[5], p[6])), np.float64(pf[7]),
+               np.float64(pf[9]), np.float64(1.0))
+
+
+POOL_ACCUMULATE = {np.dtype(np.int8): _pool_accumulate_i8, np.dtype(np.int16): _pool_accumulate_i16}
+"""The cfunc for each integer storage type."""
+MAX_THREADS = _BLOCK - 16
+
+
+@njit(cache=True)
+def launch_accumulate(gomp_parallel, fn, block, q, w, g, n, m, scale, step, hi, stochastic,
+                      key, n_threads):
+    """Fill the block, run ``fn`` on torch's threads, return the number of changed cells."""
+    p = carray(_i64_ptr(block), _BLOCK)
+    pf = carray(_f64_ptr(block), _BLOCK)
+    p[2] = q
+    p[3] = w
+    p[4] = g
+    p[5] = n
+    p[6] = m
+    pf[7] = scale
+    pf[8] = step
+    pf[9] = hi
+    p[10] = stochastic
+    p[11] = key
+    for t in range(16, _BLOCK):
+        pf[t] = 0.0
+    _gomp_parallel(gomp_parallel, fn, block, n_threads)
+    p[2] = 0  # no pointer outlives the call
+    p[3] = 0
+    p[4] = 0
+    total = 0.0
+    for t in range(16, _BLOCK):
+        total += pf[t]
     return int(total)
 
 

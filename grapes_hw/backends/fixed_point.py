@@ -166,27 +166,56 @@ class FixedPointBackend:
         self._step32 = np.float32(self.step)
         self._hi = self._ft(self.qmax)
         self._parallel = self.q.numel() >= _PARALLEL_MIN_CELLS
+        self._ptrs = (self.q.data_ptr(), self.w.data_ptr())
+        self._g_ptr = self._g.data_ptr()
+        self._pool = None  # see _torch_pool
 
     # -- the fused write ---------------------------------------------------------------------
     def _write(self, g: torch.Tensor, scale: float, accumulate: bool) -> int:
         if g is self._g:
-            g_np = self._g_np
+            g_np, g_ptr = self._g_np, self._g_ptr
         else:
             if not g.is_contiguous() or g.dtype != torch.float32:
                 g = g.to(torch.float32).contiguous()
-            g_np = g.numpy()
+            g_np, g_ptr = g.numpy(), g.data_ptr()
         k = _kernels()
-        if accumulate:
-            kernel = k.accumulate if self._parallel else k.accumulate_serial
-        else:
-            kernel = k.assign
         key = 0
         if self._stochastic:  # a fresh key per write (0x9E3779B9 odd: distinct per counter)
             self._writes_done += 1
             key = _mix32(self._seed_key + self._writes_done * 0x9E3779B9)
+        if accumulate and self._parallel:
+            pool = self._torch_pool()
+            if pool is not None:  # on torch's own threads (no second thread pool)
+                gp, fn, block = pool
+                return int(k.launch_accumulate(
+                    gp, fn, block, self._ptrs[0], self._ptrs[1], g_ptr,
+                    self.shape[0], self.shape[1], float(scale), float(self._step32),
+                    float(self._hi), self._stochastic, key,
+                    min(torch.get_num_threads(), k.MAX_THREADS)))
+        if accumulate:
+            kernel = k.accumulate if self._parallel else k.accumulate_serial
+        else:
+            kernel = k.assign
         n = kernel(self._np[0], self._np[1], g_np, self._ft(scale), self._unit,
                    self._step32, self._hi, self._stochastic, key)
         return int(n) if accumulate else 0
+
+    def _torch_pool(self):
+        """(GOMP_parallel, the cfunc, the argument block address) to run the write on
+        torch's OpenMP threads, or None where that is not available."""
+        if self._pool is None:
+            self._pool = False
+            from .. import _omp  # lazy: numba cfuncs
+
+            pool = _omp._pool()
+            if pool is not None:
+                k = _kernels()
+                block = np.zeros(k._BLOCK, dtype=np.int64)
+                block[0:2] = pool.addr[0:2]
+                self._pool_block = block  # kept alive: the kernel reads it by address
+                self._pool = (pool.parallel, k.POOL_ACCUMULATE[self._np[0].dtype].address,
+                              block.ctypes.data)
+        return self._pool or None
 
     def _quantize_from(self, w: torch.Tensor) -> None:
         if tuple(w.shape) != self.shape:
