@@ -118,6 +118,24 @@ def _torch_libgomp() -> str | None:
     return None
 
 
+def _torch_sgemm() -> int | None:
+    """Address of the MKL ``sgemm_`` that torch's CPU library exports, or None (torch
+    without MKL, or another platform)."""
+    try:
+        if not torch.backends.mkl.is_available():
+            return None
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(os.path.realpath(torch.__file__)),
+                                       "lib", "libtorch_cpu.so"))
+        return ctypes.cast(lib.sgemm_, ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def _sgemm_address() -> int | None:
+    return _torch_sgemm() if _pool() is not None else None
+
+
 @functools.lru_cache(maxsize=1)
 def _pool() -> _Pool | None:
     if os.environ.get("GRAPES_HW_TORCH_POOL", "1") == "0":

@@ -89,3 +89,31 @@ def _gomp_parallel(typingctx, gomp_parallel, fn, data, n_threads):
 # fastmath is set here and NOT on the cfunc below: numba lets a callee that does not set
 # fastmath inherit the caller's, and ``modulation`` must keep its NaN/Inf checks (a
 # fastmath cfunc also wrote a fastmath ``modulation`` into that kernel's on-disk cache).
+
+
+@intrinsic
+def _sgemm(typingctx, fn, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """Fortran ``sgemm_`` at address ``fn`` (every argument passed by reference)."""
+    i64, f32t = types.int64, types.float32
+    sig = types.void(i64, i64, i64, i64, i64, i64, f32t, i64, i64, i64, i64, f32t, i64, i64)
+
+    def codegen(context, builder, signature, args):
+        i8, i32, f32 = ir.IntType(8), ir.IntType(32), ir.FloatType()
+
+        def ref(ty, v):
+            slot = builder.alloca(ty)
+            builder.store(v, slot)
+            return slot
+
+        def int_ref(ty, v):
+            return ref(ty, builder.trunc(v, ty))
+
+        fn_, ta, tb, m_, n_, k_, al, a_, lda_, b_, ldb_, be, c_, ldc_ = args
+        argv = [int_ref(i8, ta), int_ref(i8, tb), int_ref(i32, m_), int_ref(i32, n_),
+                int_ref(i32, k_), ref(f32, al), builder.inttoptr(a_, f32.as_pointer()),
+                int_ref(i32, lda_), builder.inttoptr(b_, f32.as_pointer()), int_ref(i32, ldb_),
+                ref(f32, be), builder.inttoptr(c_, f32.as_pointer()), int_ref(i32, ldc_)]
+        fnty = ir.FunctionType(ir.VoidType(), [v.type for v in argv])
+        builder.call(builder.inttoptr(fn_, fnty.as_pointer()), argv)
+        return context.get_dummy_value()
+    return sig, codegen

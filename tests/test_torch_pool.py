@@ -240,3 +240,23 @@ def test_fixed_point_write_on_torch_threads_matches_numba_parallel(bits, roundin
         q, w, n = run(pool=True, threads=threads)
         assert torch.equal(q, ref[0]) and torch.equal(w, ref[1]) and n == ref[2]
     assert ref[2] > 0
+
+
+@needs_pool
+def test_fixed_point_update_fuses_the_product_and_takes_any_layout():
+    from grapes_hw.backends.fixed_point import FixedParams, FixedPointBackend
+
+    def make():
+        b = FixedPointBackend((160, 120), FixedParams(bits=8, rounding="stochastic"), seed=2)
+        b.program(torch.randn(160, 120, generator=torch.Generator().manual_seed(0)) * 0.1)
+        return b
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(120, 16, generator=g).T          # non-contiguous (16, 120)
+    d = torch.randn(160, 16, generator=g).T         # non-contiguous (16, 160)
+    a, b = make(), make()
+    a.update(x, d, 0.3)
+    b.update(x.contiguous(), d.contiguous(), 0.3)
+    assert torch.equal(a.q, b.q) and a.pulses() == b.pulses() > 0
+    if sys.platform.startswith("linux") and torch.backends.mkl.is_available():
+        assert a._pool[3], "MKL sgemm_ not found in torch: the product is not fused"

@@ -37,7 +37,16 @@ from __future__ import annotations
 import numpy as np
 from numba import carray, cfunc, njit, prange, types
 
-from .._ptr import _call_int, _f32_ptr, _f64_ptr, _gomp_parallel, _i8_ptr, _i16_ptr, _i64_ptr
+from .._ptr import (
+    _call_int,
+    _f32_ptr,
+    _f64_ptr,
+    _gomp_parallel,
+    _i8_ptr,
+    _i16_ptr,
+    _i64_ptr,
+    _sgemm,
+)
 
 _U24 = 1.0 / 16777216.0
 
@@ -131,7 +140,8 @@ def accumulate_serial(q, w, g, scale, unit, step, hi, stochastic, key):
 
 _BLOCK = 16 + 64
 """int64 words of the argument block: tid and nthreads functions, q, w, g, rows, cols,
-scale, step, hi (float64), stochastic, key, then one change count per thread (float64)."""
+scale, step, hi (float64), stochastic, key, sgemm_, delta, x, batch, then one change count
+per thread (float64)."""
 
 
 @njit(inline="always")
@@ -162,8 +172,30 @@ def _accumulate_rows(q, w, g, r0, r1, scale, unit, step, hi, stochastic, k, inv)
     return c
 
 
+@njit(inline="always")
+def _pool_gemm_rows(data):
+    """``g[r0:r1] = delta[:, r0:r1]^T x`` for this thread's rows, with MKL's sgemm (single
+    threaded inside the region): the rows the write reads next are then in this core's
+    cache. Slots 12-15: sgemm_, delta, x, batch (0: g is given, no product)."""
+    p = carray(data, _BLOCK, dtype=np.int64)
+    if p[15] == 0:
+        return
+    tid = _call_int(p[0])
+    nth = _call_int(p[1])
+    n = p[5]
+    m = p[6]
+    r0 = n * tid // nth
+    r1 = n * (tid + 1) // nth
+    if r1 > r0 and m > 0:
+        # Row-major g[r0:r1] (n x m) is the column-major m x (r1 - r0) matrix at g + r0*m:
+        # x^T (m x B, 'N') @ delta[:, r0:r1] ('T' of the column-major n x B matrix delta^T).
+        _sgemm(p[12], 78, 84, m, r1 - r0, p[15], np.float32(1.0), p[14], m, p[13] + 4 * r0,
+               n, np.float32(0.0), p[4] + 4 * r0 * m, m)
+
+
 @cfunc(types.void(types.voidptr), cache=True, fastmath={"reassoc"})
 def _pool_accumulate_i8(data):
+    _pool_gemm_rows(data)
     p = carray(data, _BLOCK, dtype=np.int64)
     pf = carray(data, _BLOCK, dtype=np.float64)
     _pool_rows(data, carray(_i8_ptr(p[2]), (p[5], p[6])), np.float32(pf[7]),
@@ -172,6 +204,7 @@ def _pool_accumulate_i8(data):
 
 @cfunc(types.void(types.voidptr), cache=True, fastmath={"reassoc"})
 def _pool_accumulate_i16(data):
+    _pool_gemm_rows(data)
     p = carray(data, _BLOCK, dtype=np.int64)
     pf = carray(data, _BLOCK, dtype=np.float64)
     _pool_rows(data, carray(_i16_ptr(p[2]), (p[5], p[6])), np.float64(pf[7]),
@@ -185,9 +218,14 @@ MAX_THREADS = _BLOCK - 16
 
 @njit(cache=True)
 def launch_accumulate(gomp_parallel, fn, block, q, w, g, n, m, scale, step, hi, stochastic,
-                      key, n_threads):
-    """Fill the block, run ``fn`` on torch's threads, return the number of changed cells."""
+                      key, n_threads, delta, x, batch):
+    """Fill the block, run ``fn`` on torch's threads, return the number of changed cells.
+    With ``batch`` > 0, ``g`` is first set to ``delta^T x`` row block by row block (the
+    block's slot 12 holds the address of sgemm_)."""
     p = carray(_i64_ptr(block), _BLOCK)
+    p[13] = delta
+    p[14] = x
+    p[15] = batch
     pf = carray(_f64_ptr(block), _BLOCK)
     p[2] = q
     p[3] = w
@@ -205,6 +243,8 @@ def launch_accumulate(gomp_parallel, fn, block, q, w, g, n, m, scale, step, hi, 
     p[2] = 0  # no pointer outlives the call
     p[3] = 0
     p[4] = 0
+    p[13] = 0
+    p[14] = 0
     total = 0.0
     for t in range(16, _BLOCK):
         total += pf[t]

@@ -171,7 +171,11 @@ class FixedPointBackend:
         self._pool = None  # see _torch_pool
 
     # -- the fused write ---------------------------------------------------------------------
-    def _write(self, g: torch.Tensor, scale: float, accumulate: bool) -> int:
+    def _write(self, g: torch.Tensor, scale: float, accumulate: bool,
+               product: tuple[torch.Tensor, torch.Tensor] | None = None) -> int:
+        """Write ``g`` (scaled by ``scale``) into the cells. With ``product = (delta, x)``
+        (float32, contiguous) ``g`` is the buffer ``self._g`` and receives ``delta^T x``
+        first, inside the same parallel region where that is available."""
         if g is self._g:
             g_np, g_ptr = self._g_np, self._g_ptr
         else:
@@ -186,12 +190,21 @@ class FixedPointBackend:
         if accumulate and self._parallel:
             pool = self._torch_pool()
             if pool is not None:  # on torch's own threads (no second thread pool)
-                gp, fn, block = pool
+                gp, fn, block, fused = pool
+                if product is not None and fused:
+                    delta, x = product
+                    args = (delta.data_ptr(), x.data_ptr(), x.shape[0])
+                else:
+                    if product is not None:
+                        torch.mm(product[0].T, product[1], out=self._g)
+                    args = (0, 0, 0)
                 return int(k.launch_accumulate(
                     gp, fn, block, self._ptrs[0], self._ptrs[1], g_ptr,
                     self.shape[0], self.shape[1], float(scale), float(self._step32),
                     float(self._hi), self._stochastic, key,
-                    min(torch.get_num_threads(), k.MAX_THREADS)))
+                    min(torch.get_num_threads(), k.MAX_THREADS), *args))
+        if product is not None:
+            torch.mm(product[0].T, product[1], out=self._g)
         if accumulate:
             kernel = k.accumulate if self._parallel else k.accumulate_serial
         else:
@@ -212,9 +225,11 @@ class FixedPointBackend:
                 k = _kernels()
                 block = np.zeros(k._BLOCK, dtype=np.int64)
                 block[0:2] = pool.addr[0:2]
+                sgemm = _omp._sgemm_address()
+                block[12] = sgemm or 0
                 self._pool_block = block  # kept alive: the kernel reads it by address
                 self._pool = (pool.parallel, k.POOL_ACCUMULATE[self._np[0].dtype].address,
-                              block.ctypes.data)
+                              block.ctypes.data, sgemm is not None)
         return self._pool or None
 
     def _quantize_from(self, w: torch.Tensor) -> None:
@@ -273,12 +288,15 @@ class FixedPointBackend:
         """``W <- W - lr/B * delta^T x``, rounded and saturated in one fused pass."""
         x = self._dac(x)
         delta = self._adc(delta)
+        scale = -lr / (x.shape[0] * self.step)
         if x.dtype == torch.float32 and delta.dtype == torch.float32:
-            torch.mm(delta.T, x, out=self._g)
-            g = self._g
+            if not x.is_contiguous():
+                x = x.contiguous()
+            if not delta.is_contiguous():
+                delta = delta.contiguous()
+            self._changed += self._write(self._g, scale, accumulate=True, product=(delta, x))
         else:
-            g = delta.T @ x
-        self._changed += self._write(g, -lr / (x.shape[0] * self.step), accumulate=True)
+            self._changed += self._write(delta.T @ x, scale, accumulate=True)
 
     def increment(self, dw: torch.Tensor) -> None:
         """``W <- W + dw``, rounded and saturated."""
