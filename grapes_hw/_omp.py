@@ -19,6 +19,10 @@ caches. Measured on the 2-core machine: the three hidden layers of 784-256-256-2
 40 us per minibatch this way, against about 100 us for separate serial passes; with the
 matrices fully in cache the same pass takes 7 us for the 256 x 784 layer.
 
+The same pool runs the fixed-point write (``backends/_fixed_kernels``), which also finds
+here the MKL ``sgemm_`` that torch's CPU library exports (``_sgemm_address``): each thread
+computes its rows of the update's product and writes them while they are in its cache.
+
 ``available()`` is False when torch's libgomp cannot be found (other platforms, torch built
 with another OpenMP) or ``GRAPES_HW_TORCH_POOL=0``; callers then use the serial kernels.
 """

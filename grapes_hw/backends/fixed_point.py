@@ -214,8 +214,9 @@ class FixedPointBackend:
         return int(n) if accumulate else 0
 
     def _torch_pool(self):
-        """(GOMP_parallel, the cfunc, the argument block address) to run the write on
-        torch's OpenMP threads, or None where that is not available."""
+        """(GOMP_parallel, the cfunc, the argument block address, whether MKL's sgemm_ is
+        there to fuse the update's product) to run the write on torch's OpenMP threads, or
+        None where that is not available."""
         if self._pool is None:
             self._pool = False
             from .. import _omp  # lazy: numba cfuncs
