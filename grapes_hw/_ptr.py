@@ -24,7 +24,9 @@ def _typed_ptr(nbtype):
     return ptr
 
 
+_f32_ptr = _typed_ptr(types.float32)
 _f64_ptr = _typed_ptr(types.float64)
+_i64_ptr = _typed_ptr(types.int64)
 _i8_ptr = _typed_ptr(types.int8)
 _i16_ptr = _typed_ptr(types.int16)
 
@@ -49,24 +51,6 @@ def _call_void(typingctx, addr):
         fnty = ir.FunctionType(ir.VoidType(), [])
         builder.call(builder.inttoptr(args[0], fnty.as_pointer()), [])
         return context.get_dummy_value()
-    return sig, codegen
-
-
-@intrinsic
-def _f32_ptr(typingctx, addr):
-    sig = types.CPointer(types.float32)(types.int64)
-
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], context.get_value_type(types.CPointer(types.float32)))
-    return sig, codegen
-
-
-@intrinsic
-def _i64_ptr(typingctx, addr):
-    sig = types.CPointer(types.int64)(types.int64)
-
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], context.get_value_type(types.CPointer(types.int64)))
     return sig, codegen
 
 
