@@ -10,9 +10,8 @@ The one kernel computes a layer's GRAPES factor ``m = clip(2 i / max(i), lower, 
 on ``levels`` steps if asked) from the row L1 norms ``i`` of its weight matrix in a single
 parallel region: every thread sums its share of rows, then after a barrier thread 0 forms
 ``m`` with the same ``_kernels.modulation`` the serial path uses. Each row is summed by one
-thread with the same code whatever the thread count, so the result does not depend on the
-number of threads; it agrees with the serial path to float rounding (the two row-sum loops
-are compiled separately and may vectorise the sum in a different order).
+thread with ``_kernels.row_abs_sums_range``, the routine of the serial path too, so the
+result does not depend on the number of threads and equals the serial path's bit for bit.
 
 The learner calls it right after a layer's forward MVM, while the weights are still in the
 caches. Measured on the 2-core machine: the three hidden layers of 784-256-256-256 cost about
@@ -37,43 +36,17 @@ import numpy as np
 import torch
 from numba import carray, cfunc, njit, types
 
-from ._kernels import modulation
+from ._kernels import modulation, row_abs_sums_range
 from ._ptr import _call_int, _call_void, _f32_ptr, _gomp_parallel, _i64_ptr
 
 _HEADER = 12  # int64 slots of the argument block (layout above _row_modulation_body)
 
 
-@njit(fastmath=True, cache=True)
-def _row_sums(w, out, r0, r1):
-    """``out[i] = sum_j |w[i, j]|`` for rows r0..r1-1, four rows at a time: four streams
-    keep more cache misses in flight when the weights come from L3 (20-25% faster there)."""
-    m = w.shape[1]
-    zero = np.float32(0.0)
-    i = r0
-    while i + 4 <= r1:
-        s0 = zero
-        s1 = zero
-        s2 = zero
-        s3 = zero
-        for j in range(m):
-            s0 += abs(w[i, j])
-            s1 += abs(w[i + 1, j])
-            s2 += abs(w[i + 2, j])
-            s3 += abs(w[i + 3, j])
-        out[i] = s0
-        out[i + 1] = s1
-        out[i + 2] = s2
-        out[i + 3] = s3
-        i += 4
-    for r in range(i, r1):
-        s = zero
-        for j in range(m):
-            s += abs(w[r, j])
-        out[r] = s
-
-
 # The argument block (int64 slots): omp_get_thread_num, omp_get_num_threads, GOMP_barrier,
 # has_lower, levels, lower (float64 bits), w, rows, cols, imp, m (0: not written), unused.
+# Not fastmath: numba lets a callee that does not set fastmath inherit the caller's, and a
+# fastmath cfunc once compiled ``modulation`` without its NaN checks and wrote that build
+# into modulation's on-disk cache (see the tests). The row sums set fastmath themselves.
 @cfunc(types.void(types.voidptr), cache=True)
 def _row_modulation_body(data):
     p = carray(data, _HEADER, dtype=np.int64)
@@ -81,7 +54,8 @@ def _row_modulation_body(data):
     nth = _call_int(p[1])
     n = p[7]
     imp = carray(_f32_ptr(p[9]), n)
-    _row_sums(carray(_f32_ptr(p[6]), (n, p[8])), imp, n * tid // nth, n * (tid + 1) // nth)
+    row_abs_sums_range(carray(_f32_ptr(p[6]), (n, p[8])), imp, n * tid // nth,
+                       n * (tid + 1) // nth)
     _call_void(p[2])  # every row sum is in before the max is taken
     if tid == 0 and p[10] != 0:
         lower = carray(data, _HEADER, dtype=np.float64)[5]

@@ -90,7 +90,8 @@ class Learner:
     # layer l's forward MVM, in one parallel pass over W^l while it is still in the CPU
     # caches. The weights do not change between the forward pass and the updates, so these
     # are exactly the factors the spec asks for; factors() checks that (the tensor and its
-    # version counter) and otherwise takes the generic path. Same values either way (tests).
+    # version counter) and otherwise takes the generic path. Both give the same values bit
+    # for bit (one row-sum routine; see the tests).
 
     def _fused_ok(self) -> bool:
         layers = self.net.layers[:self.net.n_hidden]
