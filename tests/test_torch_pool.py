@@ -224,7 +224,7 @@ def test_compiling_the_pool_kernel_first_keeps_modulation_exact(tmp_path):
 def test_fixed_point_write_on_torch_threads_matches_numba_parallel(bits, rounding):
     from grapes_hw.backends.fixed_point import FixedParams, FixedPointBackend
 
-    def run(pool: bool, threads: int):
+    def run(pool: bool, threads: int, fused: bool = True):
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
@@ -232,6 +232,8 @@ def test_fixed_point_write_on_torch_threads_matches_numba_parallel(bits, roundin
             b.program(torch.randn(200, 130, generator=torch.Generator().manual_seed(0)) * 0.1)
             if not pool:
                 b._pool = False
+            elif not fused:  # the pool without MKL's sgemm_: torch.mm, then the pooled write
+                b._pool = b._torch_pool()[:3] + (False,)
             g = torch.Generator().manual_seed(1)
             for _ in range(4):
                 b.update(torch.rand(32, 130, generator=g), torch.randn(32, 200, generator=g), 0.5)
@@ -241,8 +243,8 @@ def test_fixed_point_write_on_torch_threads_matches_numba_parallel(bits, roundin
             torch.set_num_threads(before)
 
     ref = run(pool=False, threads=2)
-    for threads in (1, 2, 3):
-        q, w, n = run(pool=True, threads=threads)
+    for threads, fused in ((1, True), (2, True), (3, True), (2, False)):
+        q, w, n = run(pool=True, threads=threads, fused=fused)
         assert torch.equal(q, ref[0]) and torch.equal(w, ref[1]) and n == ref[2]
     assert ref[2] > 0
 

@@ -187,24 +187,20 @@ class FixedPointBackend:
         if self._stochastic:  # a fresh key per write (0x9E3779B9 odd: distinct per counter)
             self._writes_done += 1
             key = _mix32(self._seed_key + self._writes_done * 0x9E3779B9)
-        if accumulate and self._parallel:
-            pool = self._torch_pool()
-            if pool is not None:  # on torch's own threads (no second thread pool)
-                gp, fn, block, fused = pool
-                if product is not None and fused:
-                    delta, x = product
-                    args = (delta.data_ptr(), x.data_ptr(), x.shape[0])
-                else:
-                    if product is not None:
-                        torch.mm(product[0].T, product[1], out=self._g)
-                    args = (0, 0, 0)
-                return int(k.launch_accumulate(
-                    gp, fn, block, self._ptrs[0], self._ptrs[1], g_ptr,
-                    self.shape[0], self.shape[1], float(scale), float(self._step32),
-                    float(self._hi), self._stochastic, key,
-                    min(torch.get_num_threads(), k.MAX_THREADS), *args))
-        if product is not None:
+        # On torch's own threads where possible (no second thread pool), the product too.
+        pool = self._torch_pool() if accumulate and self._parallel else None
+        fused = product is not None and pool is not None and pool[3]
+        if product is not None and not fused:
             torch.mm(product[0].T, product[1], out=self._g)
+        if pool is not None:
+            gp, fn, block, _ = pool
+            args = ((product[0].data_ptr(), product[1].data_ptr(), product[1].shape[0])
+                    if fused else (0, 0, 0))
+            return int(k.launch_accumulate(
+                gp, fn, block, self._ptrs[0], self._ptrs[1], g_ptr,
+                self.shape[0], self.shape[1], float(scale), float(self._step32),
+                float(self._hi), self._stochastic, key,
+                min(torch.get_num_threads(), k.MAX_THREADS), *args))
         if accumulate:
             kernel = k.accumulate if self._parallel else k.accumulate_serial
         else:
