@@ -193,6 +193,8 @@ def _pool_gemm_rows(data):
                n, np.float32(0.0), p[4] + 4 * r0 * m, m)
 
 
+# Two entry points because a cfunc has one fixed machine type per value: int8 cells with
+# float32 arithmetic, int16 cells with float64. Everything else is in the helpers above.
 @cfunc(types.void(types.voidptr), cache=True, fastmath={"reassoc"})
 def _pool_accumulate_i8(data):
     _pool_gemm_rows(data)
