@@ -50,9 +50,9 @@ MAX_WORKER_DEATHS = 3
 CRASH_ONCE_ENV = "GRAPES_HW_SWEEP_CRASH_ONCE"
 """Test hook: a marker file path; the first run to create it kills its worker (os._exit)."""
 
-_TOP_KEYS = ("study", "base", "axes", "zip", "variants", "exclude", "quick")
+_TOP_KEYS = ("study", "base", "axes", "zip", "variants", "exclude", "quick", "tune")
 _STUDY_KEYS = ("name", "description", "question", "seeds", "requires")
-_QUICK_TABLES = ("seeds", "axes", "zip", "variants", "exclude")
+_QUICK_TABLES = ("seeds", "axes", "zip", "variants", "exclude", "tune")
 
 
 # ---- TrainConfig fields -------------------------------------------------------------------
@@ -172,6 +172,10 @@ class RunSpec:
     """The TrainConfig."""
     label: dict[str, Any]
     """The settings that differ between runs of the study (for display and grouping)."""
+    phase: str = "study"
+    """``study`` (a run of the study proper) or ``tune`` (a tuning run, see tune.py)."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Tuning runs: ``tune_group`` and ``tune_value``, recorded with the result."""
 
     def config_dict(self) -> dict:
         return config_to_dict(self.config)
@@ -186,7 +190,10 @@ class Study:
     quick: bool
     requires: list[str]
     runs: list[RunSpec] = field(default_factory=list)
+    """The study's runs; with ``tune``, templates whose tuned field is set by tuning."""
     duplicates: int = 0
+    tune: Any = None
+    """The ``[tune]`` table (``grapes_hw.tune.TuneSpec``) or None."""
 
 
 def config_to_dict(cfg) -> dict:
@@ -201,18 +208,65 @@ def _defaults() -> dict:
     return config_to_dict(TrainConfig())
 
 
+LEGACY_KEY_DEFAULTS: dict[str, Any] = {"lr": 0.1}
+"""Values left out of a run's key although they are no longer ``TrainConfig`` defaults: the
+learning rate was 0.1 for every optimizer when the committed results were run, and keys of
+runs at that value must stay what they were. ``lr`` enters the key resolved (an unset lr is
+its optimizer's default), so two runs that train at different rates never share a key."""
+
+
+def _resolved_lr(d: dict) -> Any:
+    lr = d.get("lr")
+    if lr is None:
+        from .config import default_lr
+
+        lr = default_lr(d.get("optimizer", "sgd"))
+    return lr
+
+
+def is_device_path(backend: Any) -> bool:
+    """A ``backend`` value naming a TOML file (rather than a shipped model name)."""
+    return isinstance(backend, str) and (backend.endswith(".toml") or os.sep in backend
+                                         or "/" in backend)
+
+
+def device_content(model_dict: dict) -> dict:
+    """What of a device model changes what a run computes: its backend kind, parameters and
+    noise (not its name, description, citation or the file it came from)."""
+    return {k: model_dict.get(k) for k in ("backend", "params", "noise")}
+
+
+def device_digest(backend: str) -> str:
+    """SHA-256 (16 hex digits) of the resolved content of a device model."""
+    from .devices import load_device_model
+
+    model = load_device_model(backend, option="backend")
+    return hashlib.sha256(_canon(device_content(model.to_dict())).encode()).hexdigest()[:16]
+
+
 def key_fields(cfg) -> dict:
     """The part of a config that identifies a run: every field that differs from the
     TrainConfig default, without ``KEY_EXCLUDED_FIELDS``. Leaving defaults out keeps keys
-    (and so finished runs) valid when a new field with a neutral default is added."""
+    (and so finished runs) valid when a new field with a neutral default is added.
+
+    A device model given as a file enters by its content (``{"device": digest}``), so an
+    edited file gives new keys and the same file elsewhere the same keys; a shipped model by
+    its name (the keys of committed results), its content being checked against the device
+    model recorded with each result (:func:`stale_reason`)."""
     d = config_to_dict(cfg) if not isinstance(cfg, dict) else dict(cfg)
+    if "lr" in d or "optimizer" in d:
+        d["lr"] = _resolved_lr(d)
     defaults = _defaults()
     out = {}
     for k, v in d.items():
-        if k in KEY_EXCLUDED_FIELDS or k in ("lr_effective", "lr_scale"):
+        if k in KEY_EXCLUDED_FIELDS or k in ("lr_effective", "lr_scale", "lr_source"):
+            continue
+        if k in LEGACY_KEY_DEFAULTS and _canon(LEGACY_KEY_DEFAULTS[k]) == _canon(v):
             continue
         if k in defaults and _canon(defaults[k]) == _canon(v):
             continue
+        if k == "backend" and is_device_path(v):
+            v = {"device": device_digest(v)}
         out[k] = v
     return out
 
@@ -228,12 +282,67 @@ def run_key(cfg) -> str:
 def same_config(stored: dict, planned: dict) -> bool:
     """A finished run's recorded config agrees with the planned one on every common field
     (guards against a changed TrainConfig default reusing an old result)."""
+    return _config_difference(stored, planned) is None
+
+
+def _config_difference(stored: dict, planned: dict) -> str | None:
     for k, v in planned.items():
         if k in KEY_EXCLUDED_FIELDS or k not in stored:
             continue
-        if _canon(stored[k]) != _canon(v):
-            return False
-    return True
+        if k == "backend" and is_device_path(v):
+            continue  # a file's content is compared through the recorded device model
+        was = stored[k]
+        if k == "lr":  # an unset lr is its optimizer's default, on either side
+            v, was = _resolved_lr(planned), _resolved_lr(stored)
+        if _canon(was) != _canon(v):
+            return f"config {k}: recorded {_canon(was)}, planned {_canon(v)}"
+    return None
+
+
+def _flat_items(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flat_items(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: d}
+
+
+def device_difference(recorded: dict | None, current: dict) -> str | None:
+    """How the device model a result was run on differs from the current one (None: it does
+    not). Compared on the fields both have, so a parameter added later with a neutral
+    default does not make old results stale."""
+    if not recorded:
+        return None
+    ra, rb = device_content(recorded), device_content(current)
+    diffs = [f"{k} {_canon(ra[k])} -> {_canon(rb[k])}" for k in ra
+             if (ra[k] is None) != (rb[k] is None) or not isinstance(ra[k], dict)
+             and _canon(ra[k]) != _canon(rb[k])]
+    a = _flat_items({k: v for k, v in ra.items() if isinstance(v, dict) and rb[k] is not None})
+    b = _flat_items({k: v for k, v in rb.items() if isinstance(v, dict) and ra[k] is not None})
+    diffs += [f"{k} {_canon(a[k])} -> {_canon(b[k])}" for k in sorted(set(a) & set(b))
+             if _canon(a[k]) != _canon(b[k])]
+    return "; ".join(diffs) if diffs else None
+
+
+def stale_reason(record: dict, spec: RunSpec, models: dict[str, dict]) -> str | None:
+    """Why a finished run's record cannot stand for the planned run (None: it can)."""
+    planned = spec.config_dict()
+    diff = _config_difference(record.get("config") or {}, planned)
+    if diff:
+        return diff
+    if not record.get("device_model"):  # an error record: nothing ran on a device
+        return None
+    backend = planned.get("backend")
+    current = models.get(backend)
+    if current is None:
+        from .devices import load_device_model
+
+        current = models[backend] = load_device_model(backend, option="backend").to_dict()
+    dev = device_difference(record.get("device_model"), current)
+    if dev:
+        return f"device model {backend} changed: {dev}"
+    return None
 
 
 def _parse_axes_table(table: Any, prefix: str, fields: dict) -> list[Axis]:
@@ -411,6 +520,12 @@ def study_from_dict(raw: dict, *, quick: bool = False, path: str = "<dict>",
             raise ConfigError("study.seeds", "give either study.seeds or axes.seed, not both")
         axes["seed"] = _parse_seeds(meta["seeds"], "study.seeds")
     exclude = _parse_exclude(raw.get("exclude", []), "exclude", fields)
+    tune = None
+    if "tune" in raw:
+        from .tune import parse_tune
+
+        tune = parse_tune(raw["tune"], "tune", fields,
+                          lambda n, v, k: _coerce_field(n, v, k, fields))
 
     # quick: parsed (and so checked) always, applied with quick=True
     q = raw.get("quick", {})
@@ -418,7 +533,7 @@ def study_from_dict(raw: dict, *, quick: bool = False, path: str = "<dict>",
         raise ConfigError("quick", "expected a table [quick]")
     pins: dict[str, Any] = {}
     q_axes: dict[str, Axis] = {}
-    q_variants = q_exclude = q_seeds = None
+    q_variants = q_exclude = q_seeds = q_tune = None
     for name, v in q.items():
         key = f"quick.{name}"
         if name == "seeds":
@@ -431,6 +546,13 @@ def study_from_dict(raw: dict, *, quick: bool = False, path: str = "<dict>",
             q_variants = _parse_variants(v, key, fields)
         elif name == "exclude":
             q_exclude = _parse_exclude(v, key, fields)
+        elif name == "tune":
+            if tune is None:
+                raise ConfigError(key, "the study has no [tune] table to change")
+            from .tune import parse_tune
+
+            q_tune = parse_tune(v, key, fields, lambda n, v, k: _coerce_field(n, v, k, fields),
+                                base=tune)
         elif name == "extra" and isinstance(v, dict):
             for n2, v2 in _flatten_extra(v, "extra").items():
                 pins[n2] = copy.deepcopy(v2)
@@ -451,6 +573,8 @@ def study_from_dict(raw: dict, *, quick: bool = False, path: str = "<dict>",
         if q_seeds is not None:
             axes.pop("axes.seed", None)
             axes["seed"] = q_seeds
+        if q_tune is not None:
+            tune = q_tune
         for name, v in pins.items():
             base[name] = v
             source[name] = f"quick.{name}"
@@ -468,6 +592,11 @@ def study_from_dict(raw: dict, *, quick: bool = False, path: str = "<dict>",
         uniq = {_canon(p): p for p in a.points}  # points a quick pin made equal
         a.points = list(uniq.values())
 
+    if tune is not None:
+        for a in ordered:
+            if any(tune.field in p for p in a.points):
+                raise ConfigError(f"{a.source}", f"sets {tune.field!r}, the field [tune] "
+                                                 "chooses: remove it from the grid")
     field_source: dict[str, str] = dict(source)  # which study key set each field
     for a in ordered:
         for p in a.points:
@@ -502,7 +631,11 @@ def study_from_dict(raw: dict, *, quick: bool = False, path: str = "<dict>",
     seen: set[str] = set()
     dups = 0
     backends_checked: set[str] = set()
+    base_dir = Path(path).resolve().parent if path != "<dict>" else None
     for cfg_d in resolved:
+        b = cfg_d.get("backend")
+        if base_dir is not None and is_device_path(b) and not Path(b).is_absolute():
+            cfg_d["backend"] = str(base_dir / b)  # relative to the study file, not the cwd
         try:
             cfg = TrainConfig(**cfg_d)
             cfg.check()
@@ -532,7 +665,123 @@ def study_from_dict(raw: dict, *, quick: bool = False, path: str = "<dict>",
         s.label = {n: f.get(n) for n in varying}
     return Study(name=meta.get("name", default_name), description=meta.get("description", ""),
                  question=meta.get("question", ""), path=path, quick=quick,
-                 requires=list(requires), runs=specs, duplicates=dups)
+                 requires=list(requires), runs=specs, duplicates=dups, tune=tune)
+
+
+# ---- tuning: the two phases of a study with [tune] ------------------------------------------
+def tune_group(spec: RunSpec, tune) -> str:
+    """The tuning group of a study run: a hash of its key fields without seed and the tuned
+    field (runs differing only in those share the tuned value)."""
+    kf = key_fields(spec.config)
+    kf.pop("seed", None)
+    kf.pop(tune.field, None)
+    return hashlib.sha256(_canon(kf).encode()).hexdigest()[:12]
+
+
+def _group_label(spec: RunSpec, tune) -> dict:
+    return {k: v for k, v in spec.label.items() if k not in ("seed", tune.field)}
+
+
+def _linked_target(spec: RunSpec, tune, groups: dict[str, RunSpec]) -> str | None:
+    """The group an lr-matched control takes its tuned value from (see tune.py)."""
+    cfg = spec.config
+    if tune.field != "lr" or not cfg.lr_matched:
+        return None
+    target = RunSpec("", dataclasses.replace(cfg, lr_matched=False, grapes="propagating"), {})
+    gid = tune_group(target, tune)
+    return gid if gid in groups else None
+
+
+def tuning_plan(study: Study) -> tuple[dict[str, RunSpec], dict[str, str], list[RunSpec]]:
+    """``(groups, links, tuning runs)``: one template per group (its first run), the linked
+    lr-matched groups (group -> the group whose value it takes) and every tuning run."""
+    tune = study.tune
+    groups: dict[str, RunSpec] = {}
+    for s in study.runs:
+        groups.setdefault(tune_group(s, tune), s)
+    links = {g: t for g, s in groups.items()
+             if (t := _linked_target(s, tune, groups)) is not None}
+    runs: list[RunSpec] = []
+    seen: set[str] = set()
+    for seed in range(tune.seeds):  # seeds outermost, as in the study
+        for gid, s in groups.items():
+            if gid in links:
+                continue
+            for i, v in enumerate(tune.values):
+                cfg = dataclasses.replace(s.config, seed=seed, **{tune.field: v},
+                                          **tune.overrides())
+                try:
+                    cfg.check()
+                except ConfigError as e:
+                    raise ConfigError(f"tune.{e.field.lstrip('-').replace('-', '_')}",
+                                      f"{e.message} (tuning run of "
+                                      f"{label_text(_group_label(s, tune)) or 'base'})") from None
+                k = run_key(cfg)
+                if k in seen:
+                    continue
+                seen.add(k)
+                label = {**_group_label(s, tune), tune.field: v, "seed": seed}
+                runs.append(RunSpec(k, cfg, label, phase="tune",
+                                    meta={"tune_group": gid, "tune_value": v,
+                                          "tune_index": i}))
+    return groups, links, runs
+
+
+def tuning_choices(study: Study, done: dict[str, dict]) -> tuple[dict, list[RunSpec]]:
+    """The value chosen per group from the finished tuning runs in ``done`` (groups whose
+    tuning is incomplete are left out), and the tuning runs still to do."""
+    from .tune import Choice, choose
+
+    groups, links, runs = tuning_plan(study)
+    by_group: dict[str, dict[int, list[dict]]] = {}
+    missing: list[RunSpec] = []
+    for r in runs:
+        rec = done.get(r.key)
+        if rec is None:
+            missing.append(r)
+            continue
+        by_group.setdefault(r.meta["tune_group"], {}).setdefault(
+            r.meta["tune_index"], []).append(rec)
+    incomplete = {r.meta["tune_group"] for r in missing}
+    choices: dict[str, Choice] = {}
+    for gid in groups:
+        if gid in links or gid in incomplete:
+            continue
+        choices[gid] = choose(gid, study.tune.values, by_group.get(gid, {}),
+                              study.tune.metric)
+    for gid, target in links.items():
+        if target in choices:
+            c = choices[target]
+            choices[gid] = Choice(gid, c.value, [], "lr-matched control: the value tuned for "
+                                                    "SGD + GRAPES (propagating)", linked_to=target)
+    return choices, missing
+
+
+def final_runs(study: Study, choices: dict) -> tuple[list[RunSpec], int]:
+    """The study's runs at their groups' chosen values (groups not yet tuned left out), and
+    how many runs still wait for tuning."""
+    out: list[RunSpec] = []
+    waiting = 0
+    for s in study.runs:
+        gid = tune_group(s, study.tune)
+        c = choices.get(gid)
+        if c is None:
+            waiting += 1
+            continue
+        cfg = dataclasses.replace(s.config, **{study.tune.field: c.value})
+        cfg.check()
+        out.append(RunSpec(run_key(cfg), cfg, dict(s.label), meta={"tune_group": gid}))
+    return out, waiting
+
+
+def tuning_report(study: Study, choices: dict) -> dict:
+    """``tuning.json``: the [tune] table and, per group, its settings, curve and choice."""
+    groups, links, _ = tuning_plan(study)
+    return {"tune": study.tune.to_dict(),
+            "groups": [{"group": gid, "label": _group_label(s, study.tune),
+                        **(choices[gid].to_dict() if gid in choices else
+                           {"value": None, "note": "tuning not finished"})}
+                       for gid, s in groups.items()]}
 
 
 def _flat_config(d: dict) -> dict:
@@ -836,11 +1085,41 @@ def default_out(study: Study) -> str:
     return str(Path("sweeps") / (study.name + ("-quick" if study.quick else "")))
 
 
+def check_done(specs: list[RunSpec], done: dict[str, dict], models: dict[str, dict],
+               retry_errors: bool = False) -> tuple[list[RunSpec], dict[str, str]]:
+    """``(todo, stale)``: the runs of ``specs`` without a usable result, and for each stale
+    one (a result recorded with another configuration or device model) the reason."""
+    todo: list[RunSpec] = []
+    stale: dict[str, str] = {}
+    for s in specs:
+        rec = done.get(s.key)
+        if rec is None:
+            todo.append(s)
+            continue
+        why = stale_reason(rec, s, models)
+        if why:
+            stale[s.key] = why
+            todo.append(s)
+        elif retry_errors and rec.get("status") == "error":
+            todo.append(s)
+    return todo, stale
+
+
+def _study_json(study: Study, runs: list[RunSpec]) -> dict:
+    return {"name": study.name, "description": study.description, "question": study.question,
+            "path": study.path, "quick": study.quick, "requires": study.requires,
+            "tune": study.tune.to_dict() if study.tune is not None else None,
+            "runs": [{"key": s.key, "label": s.label, "config": s.config_dict(),
+                      "phase": s.phase} for s in runs]}
+
+
 def run_sweep(study: Study | str | Path, *, out: str | None = None, workers: int = 2,
               scheduler: str | None = None, dask_local: int | None = None, quick: bool = False,
               retry_errors: bool = False, threads: int | None = None, quiet: bool = False,
               log: Callable[[str], None] | None = None) -> SweepSummary:
-    """Run the study's missing runs; returns counts. See the module docstring."""
+    """Run the study's missing runs; returns counts. See the module docstring. A study with
+    ``[tune]`` runs in two phases: the tuning runs, then the study's runs at the chosen
+    values (``tuning.json`` records the choices); both resume from ``runs.jsonl``."""
     if not isinstance(study, Study):
         study = load_study(study, quick=quick)
     log = log or (lambda s: print(s, flush=True))
@@ -853,79 +1132,112 @@ def run_sweep(study: Study | str | Path, *, out: str | None = None, workers: int
         raise ConfigError("--out", f"directory is not writable: {out_dir}")
     runs_path = out_dir / RUNS_FILE
     t0 = time.time()
+    models: dict[str, dict] = {}
+    backend = (f"Dask scheduler {scheduler}" if scheduler else
+               f"Dask LocalCluster, {dask_local} workers" if dask_local else
+               f"{workers} local worker process{'es' if workers > 1 else ''}")
     with _Lock(out_dir / LOCK_FILE):
         records, warnings = read_runs(runs_path, repair=True)
         for w in warnings:
             log(f"warning: {w}")
         done = latest_by_key(records)
-        write_json_atomic(out_dir / STUDY_FILE, {
-            "name": study.name, "description": study.description, "question": study.question,
-            "path": study.path, "quick": study.quick, "requires": study.requires,
-            "runs": [{"key": s.key, "label": s.label, "config": s.config_dict()}
-                     for s in study.runs]})
-        stale = [s for s in study.runs if s.key in done
-                 and not same_config(done[s.key].get("config") or {}, s.config_dict())]
-        for s in stale:
-            log(f"warning: the recorded result of {s.key} was run with a different "
-                f"configuration (a changed default?); running it again")
-            del done[s.key]
-        todo = [s for s in study.runs if s.key not in done
-                or (retry_errors and done[s.key].get("status") == "error")]
-        skipped = len(study.runs) - len(todo)
-        summary = SweepSummary(str(out_dir), len(study.runs), skipped, 0)
-        for s in study.runs:
-            if s.key in done and s not in todo:
-                summary.statuses[done[s.key].get("status", "?")] += 1
-        backend = (f"Dask scheduler {scheduler}" if scheduler else
-                   f"Dask LocalCluster, {dask_local} workers" if dask_local else
-                   f"{workers} local worker process{'es' if workers > 1 else ''}")
-        if not quiet:
-            log(f"study {study.name}{' (quick)' if study.quick else ''}: {len(study.runs)} runs"
-                f", {skipped} already done, {len(todo)} to run on {backend} -> {runs_path}")
-        if not todo:
-            return summary
+        summary = SweepSummary(str(out_dir), 0, 0, 0)
 
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(study.runs), initial=skipped, unit="run", desc=study.name,
-                   disable=quiet or not sys.stderr.isatty(), dynamic_ncols=True)
-        by_key = {s.key: s for s in todo}
-        finished: set[str] = set()
-
-        def on_result(res: dict) -> None:
-            k = res.get("key")
-            if k not in by_key or k in finished:
-                return
-            if res.get("status") == "interrupted":  # Ctrl-C in a worker: not a result
-                return
-            append_record(runs_path, res)
-            finished.add(k)
-            summary.ran += 1
-            summary.statuses[res.get("status", "?")] += 1
-            bar.update(1)
+        def execute(specs: list[RunSpec], what: str) -> None:
+            todo, stale = check_done(specs, done, models, retry_errors)
+            for k, why in stale.items():
+                log(f"warning: the recorded result of {k} is stale ({why}); running it again")
+            skipped = len(specs) - len(todo)
+            summary.total += len(specs)
+            summary.skipped += skipped
+            for s in specs:
+                if s not in todo:
+                    summary.statuses[done[s.key].get("status", "?")] += 1
             if not quiet:
-                acc = res.get("best_test_acc")
-                msg = (f"[{skipped + summary.ran}/{len(study.runs)}] {res.get('status'):8s} "
-                       f"best {acc if acc is not None else float('nan'):.4f}  "
-                       f"{label_text(by_key[k].label)}")
-                if res.get("status") == "error":
-                    last = (res.get("error") or "").strip().splitlines()[-1:] or [""]
-                    msg += f"  ({last[0]})"
-                if bar.disable:
-                    log(msg)
-                else:
-                    bar.write(msg)
+                log(f"study {study.name}{' (quick)' if study.quick else ''}{what}: "
+                    f"{len(specs)} runs, {skipped} already done, {len(todo)} to run on "
+                    f"{backend} -> {runs_path}")
+            if todo:
+                _execute(study, todo, len(specs), skipped, done, summary, runs_path, log,
+                         quiet, scheduler, dask_local, workers, threads)
 
-        try:
-            if scheduler or dask_local:
-                _with_dask(todo, scheduler, dask_local, on_result)
-            else:
-                n_threads = threads if threads is not None else (1 if workers > 1 else None)
-                _run_local(todo, workers, n_threads, on_result)
-        finally:
-            bar.close()
+        if study.tune is None:
+            write_json_atomic(out_dir / STUDY_FILE, _study_json(study, study.runs))
+            execute(study.runs, "")
+        else:
+            _, _, tune_runs = tuning_plan(study)
+            write_json_atomic(out_dir / STUDY_FILE, _study_json(study, tune_runs))
+            execute(tune_runs, f", tuning {study.tune.field}")
+            choices, missing = tuning_choices(study, done)
+            write_json_atomic(out_dir / TUNING_FILE, tuning_report(study, choices))
+            finals, waiting = final_runs(study, choices)
+            write_json_atomic(out_dir / STUDY_FILE, _study_json(study, tune_runs + finals))
+            if waiting:  # tuning runs in error (a finished sweep always has every choice)
+                log(f"warning: {waiting} runs wait for tuning runs that did not finish "
+                    f"({len(missing)} missing)")
+            for c in choices.values():
+                if c.note and not quiet:
+                    log(f"tuning {c.group}: {study.tune.field} = {c.value} ({c.note})")
+            execute(finals, f", at the tuned {study.tune.field}")
     summary.seconds = time.time() - t0
     return summary
+
+
+TUNING_FILE = "tuning.json"
+
+
+def _execute(study: Study, todo: list[RunSpec], n_total: int, skipped: int,
+             done: dict[str, dict], summary: SweepSummary, runs_path: Path, log, quiet: bool,
+             scheduler, dask_local, workers: int, threads) -> None:
+    """Train ``todo`` on the chosen executor, appending each result to ``runs_path`` (and to
+    ``done``) as it arrives."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=n_total, initial=skipped, unit="run", desc=study.name,
+               disable=quiet or not sys.stderr.isatty(), dynamic_ncols=True)
+    by_key = {s.key: s for s in todo}
+    finished: set[str] = set()
+    ran = [0]
+
+    def on_result(res: dict) -> None:
+        k = res.get("key")
+        if k not in by_key or k in finished:
+            return
+        if res.get("status") == "interrupted":  # Ctrl-C in a worker: not a result
+            return
+        spec = by_key[k]
+        if spec.phase != "study":
+            res = {**res, "phase": spec.phase, **spec.meta}
+        append_record(runs_path, res)
+        done[k] = res
+        finished.add(k)
+        ran[0] += 1
+        summary.ran += 1
+        summary.statuses[res.get("status", "?")] += 1
+        bar.update(1)
+        if not quiet:
+            acc = res.get("best_test_acc") if spec.phase == "study" else max(
+                (e["val_acc"] for e in res.get("epochs") or [] if e.get("val_acc") is not None),
+                default=None)
+            what = "best" if spec.phase == "study" else "val"
+            msg = (f"[{skipped + ran[0]}/{n_total}] {res.get('status'):8s} {what} "
+                   f"{acc if acc is not None else float('nan'):.4f}  {label_text(spec.label)}")
+            if res.get("status") == "error":
+                last = (res.get("error") or "").strip().splitlines()[-1:] or [""]
+                msg += f"  ({last[0]})"
+            if bar.disable:
+                log(msg)
+            else:
+                bar.write(msg)
+
+    try:
+        if scheduler or dask_local:
+            _with_dask(todo, scheduler, dask_local, on_result)
+        else:
+            n_threads = threads if threads is not None else (1 if workers > 1 else None)
+            _run_local(todo, workers, n_threads, on_result)
+    finally:
+        bar.close()
 
 
 def _with_dask(todo: list[RunSpec], scheduler: str | None, dask_local: int | None,
@@ -973,14 +1285,56 @@ def add_cli(sub) -> None:
     p.set_defaults(func=cmd_sweep)
 
 
+def dry_run(study: Study, out: str | None, log: Callable[[str], None] = print) -> int:
+    """List the study's runs with their state in ``out``: done, to run, or stale (and why);
+    with ``[tune]``, the tuning runs, then the runs at the values tuned so far."""
+    out_dir = Path(out or default_out(study))
+    records, warnings = read_runs(out_dir / RUNS_FILE)
+    for w in warnings:
+        log(f"warning: {w}")
+    done = latest_by_key(records)
+    models: dict[str, dict] = {}
+    counts: Counter[str] = Counter()
+
+    def show(specs: list[RunSpec], title: str | None) -> None:
+        if title:
+            log(title)
+        todo, stale = check_done(specs, done, models)
+        todo_keys = {s.key for s in todo}
+        for s in specs:
+            if s.key in stale:
+                state = f"stale: {stale[s.key]}"
+                counts["stale"] += 1
+            elif s.key in todo_keys:
+                state = "to run"
+                counts["to run"] += 1
+            else:
+                state = f"done ({done[s.key].get('status')})"
+                counts["done"] += 1
+            log(f"{s.key}  {state:<10}  {label_text(s.label)}")
+
+    if study.tune is None:
+        show(study.runs, None)
+    else:
+        _, _, tune_runs = tuning_plan(study)
+        show(tune_runs, f"tuning runs ({study.tune.field} in {study.tune.values}, "
+                        f"metric {study.tune.metric}):")
+        choices, _ = tuning_choices(study, done)
+        finals, waiting = final_runs(study, choices)
+        show(finals, "runs at the tuned values:" if finals else None)
+        if waiting:
+            counts["wait for tuning"] += waiting
+            log(f"{waiting} runs wait for their group's tuning")
+    parts = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+    log(f"{sum(counts.values())} runs ({parts}) in {out_dir}"
+        + (f"; {study.duplicates} duplicate configurations merged" if study.duplicates else ""))
+    return 0
+
+
 def cmd_sweep(args) -> int:
     study = load_study(args.study, quick=args.quick)
     if args.dry_run:
-        for s in study.runs:
-            print(f"{s.key}  {label_text(s.label)}")
-        print(f"{len(study.runs)} runs" + (f" ({study.duplicates} duplicate configurations "
-                                           "merged)" if study.duplicates else ""))
-        return 0
+        return dry_run(study, args.out)
     summary = run_sweep(study, out=args.out, workers=args.workers, scheduler=args.scheduler,
                         dask_local=args.dask_local, retry_errors=args.retry_errors,
                         quiet=args.quiet)

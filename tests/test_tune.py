@@ -1,0 +1,202 @@
+"""Per-rule tuning in the sweep runner: choice, validation-only metric, resume, links."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from grapes_hw.errors import ConfigError
+from grapes_hw.sweep import (
+    RUNS_FILE,
+    TUNING_FILE,
+    final_runs,
+    load_study,
+    run_sweep,
+    study_from_dict,
+    tuning_choices,
+    tuning_plan,
+)
+from grapes_hw.tune import choose, run_metric
+
+BASE = {"dataset": "digits", "layers": [16], "epochs": 2, "download": False}
+
+
+def rec(val: list[float | None], test: list[float] | None = None, status: str = "ok",
+        key: str = "k") -> dict:
+    test = test or [0.5] * len(val)
+    return {"key": key, "status": status,
+            "epochs": [{"epoch": i + 1, "val_acc": v, "test_acc": t}
+                       for i, (v, t) in enumerate(zip(val, test, strict=True))]}
+
+
+def test_choice_uses_validation_only():
+    """Value 0.1 is best on validation, 0.01 on the test set: tuning must pick 0.1."""
+    records = {0: [rec([0.6, 0.7], test=[0.9, 0.95])],
+               1: [rec([0.8, 0.85], test=[0.5, 0.55])]}
+    c = choose("g", [0.01, 0.1], records, "val_acc")
+    assert c.value == 0.1
+    assert [p["metric"] for p in c.curve] == [0.7, 0.85]
+    assert choose("g", [0.01, 0.1], {0: [rec([0.9, 0.6])], 1: [rec([0.7, 0.8])]},
+                  "final_val_acc").value == 0.1
+
+
+def test_mean_over_tuning_seeds_ties_and_failures():
+    # mean over seeds: 0.05 -> (0.8 + 0.6) / 2 = 0.7 < 0.1 -> (0.75 + 0.75) / 2
+    c = choose("g", [0.05, 0.1], {0: [rec([0.8]), rec([0.6])], 1: [rec([0.75]), rec([0.75])]},
+               "val_acc")
+    assert c.value == 0.1
+    # a tie goes to the smaller value and is said
+    c = choose("g", [0.2, 0.05], {0: [rec([0.7])], 1: [rec([0.7])]}, "val_acc")
+    assert c.value == 0.05 and "tie" in c.note
+    # a diverged seed disqualifies its value
+    c = choose("g", [0.5, 0.1], {0: [rec([0.9]), rec([None], status="diverged")],
+                                 1: [rec([0.6]), rec([0.6])]}, "val_acc")
+    assert c.value == 0.1 and "0.5" in c.note
+    # every run diverged: the smallest value, said plainly
+    c = choose("g", [0.5, 0.2], {0: [rec([None], status="diverged")],
+                                 1: [rec([None], status="error")]}, "val_acc")
+    assert c.value == 0.2 and "every tuning run diverged" in c.note
+    assert run_metric(rec([0.1, None, 0.3]), "val_acc") == 0.3
+
+
+def tuned_study(**tune) -> dict:
+    return {"study": {"seeds": 2}, "base": BASE,
+            "variants": [{"optimizer": "sgd"}, {"optimizer": "sgd", "grapes": "propagating"},
+                         {"optimizer": "sgd", "lr_matched": True}],
+            "tune": {"lr": [0.001, 0.2], "epochs": 1, "train_subset": 600,
+                     "val_fraction": 0.25, **tune}}
+
+
+def test_plan_groups_links_and_tuning_runs():
+    st = study_from_dict(tuned_study(seeds=2))
+    groups, links, runs = tuning_plan(st)
+    assert len(groups) == 3 and len(links) == 1  # the lr-matched control is linked
+    assert len(runs) == 2 * 2 * 2  # 2 tuned groups x 2 values x 2 tuning seeds
+    for r in runs:
+        assert r.phase == "tune"
+        assert r.config.val_fraction == 0.25 and r.config.train_subset == 600
+        assert r.config.epochs == 1 and r.config.lr in (0.001, 0.2)
+    # nothing done: every study run waits
+    choices, missing = tuning_choices(st, {})
+    assert choices == {} and len(missing) == 8
+    assert final_runs(st, choices) == ([], 6)
+
+
+def test_tuned_field_may_not_be_an_axis():
+    raw = tuned_study()
+    raw["axes"] = {"lr": [0.1, 0.2]}
+    with pytest.raises(ConfigError, match="axes.lr"):
+        study_from_dict(raw)
+    raw = tuned_study(metric="test_acc")
+    with pytest.raises(ConfigError, match="tune.metric"):
+        study_from_dict(raw)
+    raw = tuned_study(val_fraction=0)
+    with pytest.raises(ConfigError, match="tune.val_fraction"):
+        study_from_dict(raw)
+
+
+def test_tuned_sweep_end_to_end(tmp_path):
+    """Tuning picks the value with the best mean validation accuracy (recomputed here from
+    runs.jsonl), the study's seeds run at it, lr-matched takes GRAPES' value."""
+    study = study_from_dict(tuned_study())
+    out = tmp_path / "out"
+    s = run_sweep(study, out=str(out), workers=1, quiet=True)
+    recs = [json.loads(x) for x in (out / RUNS_FILE).read_text().splitlines()]
+    tune_recs = [r for r in recs if r.get("phase") == "tune"]
+    final = [r for r in recs if r.get("phase") is None]
+    assert len(tune_recs) == 4 and len(final) == 6 and s.ran == 10
+    for r in tune_recs:  # validation carved from the training subset; test set untouched
+        assert r["dataset"]["n_val"] == 150 and r["dataset"]["n_train"] == 450
+    tuning = json.loads((out / TUNING_FILE).read_text())
+    expect = {}
+    for g in {r["tune_group"] for r in tune_recs}:
+        best = {}
+        for r in tune_recs:
+            if r["tune_group"] == g:
+                best[r["tune_value"]] = max(e["val_acc"] for e in r["epochs"])
+        expect[g] = max(sorted(best), key=lambda v: best[v])
+    chosen = {g["group"]: g["value"] for g in tuning["groups"]}
+    for g, v in expect.items():
+        assert chosen[g] == v
+    by_grapes = {}
+    for r in final:
+        c = r["config"]
+        key = "matched" if c["lr_matched"] else c["grapes"]
+        by_grapes.setdefault(key, set()).add(c["lr"])
+    assert all(len(v) == 1 for v in by_grapes.values())
+    assert by_grapes["matched"] == by_grapes["propagating"]
+    # resumes with nothing to do
+    s2 = run_sweep(study, out=str(out), workers=1, quiet=True)
+    assert s2.ran == 0 and s2.skipped == 10
+
+
+KILL_TUNE = """
+[study]
+name = "killtune"
+seeds = 2
+[base]
+dataset = "digits"
+layers = [32]
+epochs = 6
+download = false
+[axes]
+grapes = ["off", "propagating"]
+[tune]
+lr = [0.02, 0.1]
+epochs = 6
+val_fraction = 0.2
+"""
+
+
+def _kill_when(cmd, runs: Path, ready) -> None:
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         start_new_session=True)
+    try:
+        deadline = time.time() + 200
+        while time.time() < deadline and p.poll() is None:
+            if runs.exists() and ready([json.loads(x) for x in runs.read_text().splitlines()
+                                        if x.endswith("}")]):
+                break
+            time.sleep(0.02)
+        assert p.poll() is None, f"sweep ended before it could be killed: {p.stderr.read()}"
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(timeout=30)
+    finally:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_sigkill_in_both_phases_then_resume(tmp_path):
+    study = tmp_path / "killtune.toml"
+    study.write_text(KILL_TUNE)
+    out = tmp_path / "out"
+    runs = out / RUNS_FILE
+    cmd = [sys.executable, "-m", "grapes_hw.cli", "sweep", str(study), "--out", str(out),
+           "--workers", "1", "--quiet"]
+    # killed during tuning (one of 4 tuning runs done) ...
+    _kill_when(cmd, runs, lambda rs: len(rs) >= 1)
+    first = [json.loads(x) for x in runs.read_text().splitlines() if x.endswith("}")]
+    assert all(r.get("phase") == "tune" for r in first) and len(first) < 4
+    # ... and during the seed phase (one of 4 study runs done)
+    _kill_when(cmd, runs, lambda rs: any(r.get("phase") is None for r in rs))
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    recs = [json.loads(x) for x in runs.read_text().splitlines()]
+    keys = [x["key"] for x in recs]
+    assert len(keys) == len(set(keys)) == 8  # each run exactly once
+    st = load_study(study)
+    _, _, tune_runs = tuning_plan(st)
+    done = {x["key"]: x for x in recs}
+    choices, missing = tuning_choices(st, done)
+    finals, waiting = final_runs(st, choices)
+    assert not missing and not waiting
+    assert sorted(keys) == sorted([t.key for t in tune_runs] + [f.key for f in finals])
