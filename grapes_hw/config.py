@@ -7,14 +7,67 @@ naming the key (``prefix.key``), so a typo in a device model never passes silent
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import difflib
+import functools
+import inspect
+import math
+import textwrap
 import types
 import typing
+from collections.abc import Iterable
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from .errors import ConfigError
 
 T = TypeVar("T")
+
+DEFAULT_LR: dict[str, float] = {"sgd": 0.1, "momentum": 0.01, "nag": 0.01, "rmsprop": 0.001,
+                                "adam": 0.001}
+"""Learning rate used when none is given, per optimizer. One rate for all was a trap: Adam and
+RMSprop normalise the step to about ``lr`` per weight, so at SGD's 0.1 they jump around (Adam
+with propagating GRAPES on 6-bit weights reached 0.22 on digits at 0.1); momentum and Nesterov
+take steps about ``1 / (1 - gamma)`` = 10 times SGD's, so they get a tenth of it."""
+
+
+def default_lr(optimizer: str) -> float:
+    """The learning rate ``optimizer`` runs at when none is given (:data:`DEFAULT_LR`)."""
+    try:
+        return DEFAULT_LR[optimizer]
+    except KeyError:
+        raise ConfigError("--optimizer", f"got {optimizer!r}; allowed values: "
+                                         f"{', '.join(DEFAULT_LR)}") from None
+
+
+def default_lr_text() -> str:
+    """The defaults of :data:`DEFAULT_LR` as text for help messages."""
+    by_lr: dict[float, list[str]] = {}
+    for name, lr in DEFAULT_LR.items():
+        by_lr.setdefault(lr, []).append(name)
+    return ", ".join(f"{'/'.join(names)} {lr:g}" for lr, names in by_lr.items())
+
+
+def did_you_mean(value: str, allowed: Iterable[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the closest of ``allowed`` to ``value``, or ``""``."""
+    if not isinstance(value, str):
+        return ""
+    close = difflib.get_close_matches(value, [str(a) for a in allowed], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def unknown_keys_error(unknown: Iterable[str], allowed: Iterable[str], prefix: str = "",
+                       shown: Iterable[str] | None = None) -> ConfigError:
+    """The error for keys of a table that are not allowed: names the first one (as
+    ``prefix.key``), every unknown key with a "did you mean" for near misses among
+    ``allowed``, and the allowed keys (as ``shown``, e.g. tables in brackets)."""
+    unknown = sorted(unknown)
+    allowed = list(allowed)
+    first = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+    named = ", ".join(f"{k!r}{did_you_mean(k, allowed)}" for k in unknown)
+    what = "unknown key" if len(unknown) == 1 else "unknown keys"
+    listed = ", ".join(allowed if shown is None else shown)
+    return ConfigError(first, f"{what} {named}; allowed keys: {listed}")
 
 
 def _type_name(tp: Any) -> str:
@@ -37,7 +90,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         allowed = get_args(tp)
         if value not in allowed:
             allowed_s = ", ".join(map(repr, allowed))
-            raise ConfigError(key, f"got {value!r}; allowed values: {allowed_s}")
+            raise ConfigError(key, f"got {value!r}{did_you_mean(value, allowed)}; "
+                                   f"allowed values: {allowed_s}")
         return value
     if origin in (Union, types.UnionType):
         args = get_args(tp)
@@ -94,9 +148,8 @@ def from_mapping(cls: type[T], data: dict, prefix: str = "") -> T:
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
-    if unknown:
-        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise ConfigError(key, f"unknown key; allowed keys: {', '.join(sorted(fields))}")
+    if unknown:  # before the required keys: a typo is reported as a typo, not as a gap
+        raise unknown_keys_error(unknown, sorted(fields), prefix)
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
@@ -133,10 +186,37 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstrings of a dataclass' fields (the string literal after each field), read
+    from its source with ``ast``, whitespace normalised; ``{}`` when the source is not
+    available. Units are stated there (``"... (weight units, ...)"``)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError, SyntaxError):
+        return {}
+    body = next((n.body for n in tree.body if isinstance(n, ast.ClassDef)), [])
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)):
+            docs[node.target.id] = " ".join(inspect.cleandoc(nxt.value.value).split())
+    return docs
+
+
+def is_positive_lr(lr: Any) -> bool:
+    """A usable learning rate: a finite number > 0 (not a bool)."""
+    return (isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr)
+            and lr > 0)
+
+
 def require(cond: bool, field: str, message: str) -> None:
     """Raise ConfigError(field, message) unless ``cond``; for ``check()`` methods."""
     if not cond:
         raise ConfigError(field, message)
 
 
-__all__ = ["from_mapping", "to_dict", "require", "typing"]
+__all__ = ["DEFAULT_LR", "default_lr", "default_lr_text", "did_you_mean", "field_docs",
+           "from_mapping", "is_positive_lr", "to_dict", "require", "typing",
+           "unknown_keys_error"]

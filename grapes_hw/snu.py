@@ -366,11 +366,11 @@ def run_snu(cfg, *, progress: bool = False, on_epoch=None, dataset=None) -> dict
         def state_bytes(self) -> int:
             return 0
 
-    lr, lr_scale = cfg.lr, 1.0
+    (lr, _), lr_scale = cfg.resolved_lr(), 1.0
     if cfg.lr_matched:
         imps = [net.layers[l].backend.abs_sums(1) for l in range(net.n_hidden)]
         lr_scale = mean_factor(imps, cfg.grapes_lower)
-        lr = cfg.lr * lr_scale
+        lr = lr * lr_scale
 
     def evaluate(x, y) -> float:
         if x.shape[0] == 0:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .config import require, to_dict
+from .config import default_lr, default_lr_text, is_positive_lr, require, to_dict
 from .credit import make_credit
 from .devices import DeviceModel, load_device_model, make_backend
 from .grapes import GrapesParameters, mean_factor
@@ -47,8 +47,9 @@ class TrainConfig:
     """GRAPES modulation: off, local or propagating."""
     credit: str = "bp"
     """Credit assignment: bp, fa or dfa."""
-    lr: float = 0.1
-    """Learning rate (dimensionless step multiplier)."""
+    lr: float | None = None
+    """Learning rate (dimensionless step multiplier); None: the optimizer's default
+    (``DEFAULT_LR``: sgd 0.1, momentum/nag 0.01, rmsprop/adam 0.001), see ``resolved_lr``."""
     momentum: float = 0.9
     """Momentum coefficient gamma for momentum and nag (dimensionless, in [0, 1))."""
     batch_size: int = 64
@@ -109,8 +110,9 @@ class TrainConfig:
                 f"got {self.optimizer!r}; allowed values: sgd, momentum, nag, rmsprop, adam")
         require(self.credit in ("bp", "fa", "dfa"), "--credit",
                 f"got {self.credit!r}; allowed values: bp, fa, dfa")
-        require(math.isfinite(self.lr) and self.lr > 0, "--lr",
-                f"got {self.lr}; must be a positive number")
+        require(self.lr is None or is_positive_lr(self.lr), "--lr",
+                f"got {self.lr!r}; must be a positive finite number, or unset for the "
+                f"optimizer's default ({default_lr_text()})")
         require(0 <= self.momentum < 1, "--momentum", f"got {self.momentum}; must be in [0, 1)")
         require(self.batch_size >= 1, "--batch-size", f"got {self.batch_size}; must be >= 1")
         require(self.epochs >= 1, "--epochs", f"got {self.epochs}; must be >= 1")
@@ -141,6 +143,16 @@ class TrainConfig:
         from .snu import check_config
 
         check_config(self)  # --model and what the spiking models support
+
+    def resolved_lr(self) -> tuple[float, str]:
+        """The learning rate this run trains at and why: ``(lr, "given")``, or with ``lr``
+        unset the optimizer's default, ``(DEFAULT_LR[optimizer], "default for <optimizer>")``
+        (before ``lr_matched`` scaling)."""
+        if self.lr is not None:
+            require(is_positive_lr(self.lr), "--lr",
+                    f"got {self.lr!r}; must be a positive finite number")
+            return float(self.lr), "given"
+        return default_lr(self.optimizer), f"default for {self.optimizer}"
 
     def grapes_params(self) -> GrapesParameters:
         return GrapesParameters(mode=self.grapes, lower=self.grapes_lower,  # type: ignore[arg-type]
@@ -315,12 +327,12 @@ def run(cfg: TrainConfig, *, progress: bool = False,
     grapes = cfg.grapes_params()
     learner = Learner(net, credit, grapes, optimizer)
 
-    lr = cfg.lr
+    lr, _ = cfg.resolved_lr()
     lr_scale = 1.0
     if cfg.lr_matched:
         imps = [credit.importance(l) for l in range(net.n_hidden)]
         lr_scale = mean_factor(imps, cfg.grapes_lower)
-        lr = cfg.lr * lr_scale
+        lr = lr * lr_scale
 
     t_start = time.perf_counter()
     epochs, status, diverged_epoch = train_loop(
@@ -347,6 +359,7 @@ def result_record(cfg, model, data, splits, epochs: list[dict], status: str,
     fit = fit_plateau(tests)
     config = to_dict(cfg)
     config["layers"] = [int(v) for v in cfg.layers]
+    config["lr"], config["lr_source"] = cfg.resolved_lr()
     config["lr_effective"] = lr
     config["lr_scale"] = lr_scale
     config.update(extra_config or {})
