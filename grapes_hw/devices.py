@@ -13,12 +13,19 @@ A device model file looks like::
 ``--backend`` takes a model name (a file ``device_models/NAME.toml``) or a path to a TOML
 file. Backend kinds register a parameter dataclass and a factory in ``BACKEND_KINDS``; the
 analog kind is imported lazily so the package works without aihwkit.
+
+Loading is strict: an unknown key at any level is named (with "did you mean" for a near
+miss) before required keys are checked, and a kind whose table is required (``fixed``,
+``analog``: their parameters define the device) fails when the file lacks it, rather than
+running on defaults the author never chose. ``[float]`` may be left out (float32).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +33,7 @@ from typing import Any
 
 import tomllib
 
-from .config import from_mapping, to_dict
+from .config import did_you_mean, from_mapping, to_dict, unknown_keys_error
 from .errors import ConfigError
 
 
@@ -40,6 +47,9 @@ class BackendKind:
     params: str
     factory: str
     summary: str
+    table_required: bool = True
+    """Whether a model file must have this kind's table (``[fixed]``, ...): False only where
+    the defaults are the obvious device (ideal float32)."""
 
     def load(self) -> tuple[type, Callable[..., Any]]:
         mod_p, cls_p = self.params.split(":")
@@ -50,7 +60,8 @@ class BackendKind:
 
 BACKEND_KINDS: dict[str, BackendKind] = {
     "float": BackendKind("grapes_hw.backends.float_backend:FloatParams",
-                         "grapes_hw.backends:make_float", "ideal floating point"),
+                         "grapes_hw.backends:make_float", "ideal floating point",
+                         table_required=False),
     "fixed": BackendKind("grapes_hw.backends.fixed_point:FixedParams",
                          "grapes_hw.backends.fixed_point:make_fixed",
                          "fixed-point integer weights"),
@@ -109,8 +120,14 @@ def models_dir() -> Path:
     return here.parent / "device_models"
 
 
+def natural_key(name: str) -> list:
+    """Sort key that orders numbers by value: fixed2 < fixed3 < fixed10, read5 < read10."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
 def list_models() -> list[Path]:
-    return sorted(models_dir().glob("*.toml"))
+    """The shipped model files, naturally sorted by name (fixed2 before fixed10)."""
+    return sorted(models_dir().glob("*.toml"), key=lambda p: natural_key(p.stem))
 
 
 def _resolve(name_or_path: str, option: str) -> Path:
@@ -122,9 +139,10 @@ def _resolve(name_or_path: str, option: str) -> Path:
     cand = models_dir() / f"{name_or_path}.toml"
     if cand.is_file():
         return cand
-    names = ", ".join(m.stem for m in list_models())
-    raise ConfigError(option, f"unknown device model {name_or_path!r}; shipped models: {names} "
-                              "(or give a path to a .toml file)")
+    stems = [m.stem for m in list_models()]
+    raise ConfigError(option, f"unknown device model {name_or_path!r}"
+                              f"{did_you_mean(name_or_path, stems)}; shipped models: "
+                              f"{', '.join(stems)} (or give a path to a .toml file)")
 
 
 def load_device_model(name_or_path: str, option: str = "--backend") -> DeviceModel:
@@ -138,6 +156,10 @@ def load_device_model(name_or_path: str, option: str = "--backend") -> DeviceMod
     return device_model_from_dict(data, source=str(path))
 
 
+TOP_LEVEL_KEYS: tuple[str, ...] = ("name", "description", "backend", "citation")
+"""The keys of a model file outside its tables."""
+
+
 def device_model_from_dict(data: dict, source: str = "<dict>") -> DeviceModel:
     data = dict(data)
     where = f"{source}: " if source else ""
@@ -145,6 +167,14 @@ def device_model_from_dict(data: dict, source: str = "<dict>") -> DeviceModel:
     def err(key: str, msg: str) -> ConfigError:
         return ConfigError(key, where + msg)
 
+    # Unknown keys first, so a typo ("descripton") is named as such and not reported as the
+    # required key it was meant to be.
+    allowed = [*TOP_LEVEL_KEYS, *BACKEND_KINDS, "noise"]
+    unknown = [k for k in data if k not in allowed]
+    if unknown:
+        e = unknown_keys_error(unknown, allowed, shown=[
+            *TOP_LEVEL_KEYS, *(f"[{k}]" for k in (*BACKEND_KINDS, "noise"))])
+        raise err(e.field, e.message)
     for key in ("name", "description", "backend"):
         if key not in data:
             raise err(key, "required key is missing")
@@ -152,20 +182,27 @@ def device_model_from_dict(data: dict, source: str = "<dict>") -> DeviceModel:
             raise err(key, f"expected a string, got {data[key]!r}")
     kind_name = data.pop("backend")
     if kind_name not in BACKEND_KINDS:
-        raise err("backend", f"got {kind_name!r}; allowed values: {', '.join(BACKEND_KINDS)}")
+        raise err("backend", f"got {kind_name!r}{did_you_mean(kind_name, BACKEND_KINDS)}; "
+                             f"allowed values: {', '.join(BACKEND_KINDS)}")
     kind = BACKEND_KINDS[kind_name]
     name = data.pop("name")
     description = data.pop("description")
     citation = data.pop("citation", "")
     if not isinstance(citation, str):
         raise err("citation", f"expected a string, got {citation!r}")
+    others = [k for k in BACKEND_KINDS if k != kind_name and k in data]
+    if others:
+        raise err(others[0], f"a [{others[0]}] table, but backend = {kind_name!r}: a model "
+                             f"has the table of its own backend only ([{kind_name}]); change "
+                             f"backend or rename the table")
+    params_cls, _ = kind.load()
+    if kind_name not in data and kind.table_required:
+        fields = ", ".join(f.name for f in dataclasses.fields(params_cls) if f.init)
+        raise err(kind_name, f"backend = {kind_name!r} needs a [{kind_name}] table (keys: "
+                             f"{fields}); it is missing, and its defaults are not a device "
+                             "anyone chose")
     params_table = data.pop(kind_name, {})
     noise_table = data.pop("noise", None)
-    if data:
-        key = sorted(data)[0]
-        raise err(key, f"unknown key; allowed: name, description, backend, citation, "
-                       f"[{kind_name}], [noise]")
-    params_cls, _ = kind.load()
     try:
         params = from_mapping(params_cls, params_table, kind_name)
         noise = None
