@@ -8,13 +8,19 @@ values in [0, 1] and int64 labels, split into train / validation / test.
   not depend on ``seed``: every run is scored on the same 450 test images.
 * ``fashion-mnist`` and ``mnist`` are read from the four canonical IDX gzip files
   (``train-images-idx3-ubyte.gz``, ``train-labels-idx1-ubyte.gz``, ``t10k-images-idx3-ubyte.gz``,
-  ``t10k-labels-idx1-ubyte.gz``). A directory holding all four is looked for, in this order:
+  ``t10k-labels-idx1-ubyte.gz``).
 
-  1. ``data_dir`` (the CLI's ``--data-dir``): the dataset folder itself, or a parent with a
-     ``<name>/`` folder (or torchvision's ``MNIST/raw`` / ``FashionMNIST/raw``);
-  2. ``$GRAPES_HW_DATA/<name>``;
-  3. the download cache ``$GRAPES_HW_CACHE/<name>``, by default ``~/.cache/grapes_hw/<name>``;
-  4. ``/usr/share/datasets/<name>`` (Debian's ``dataset-fashion-mnist`` package installs
+  With ``data_dir`` (the CLI's ``--data-dir``) the files are read from there and nowhere else:
+  the dataset folder itself, or a parent with a ``<name>/`` folder (or torchvision's
+  ``MNIST/raw`` / ``FashionMNIST/raw``). If that place lacks a file, or a file is truncated or
+  damaged, loading stops with a :class:`~grapes_hw.errors.DataError` naming the file and what
+  is wrong; nothing is downloaded and no other location is tried, so a run never uses data
+  other than what the user pointed at. Without ``data_dir``, a directory holding all four is
+  looked for, in this order:
+
+  1. ``$GRAPES_HW_DATA/<name>``;
+  2. the download cache ``$GRAPES_HW_CACHE/<name>``, by default ``~/.cache/grapes_hw/<name>``;
+  3. ``/usr/share/datasets/<name>`` (Debian's ``dataset-fashion-mnist`` package installs
      Fashion-MNIST there).
 
   If none has them and downloading is allowed, the missing files are downloaded into the cache.
@@ -399,13 +405,52 @@ def cache_dir(name: str | None = None) -> Path:
     return root / name if name else root
 
 
-def _candidates(name: str, data_dir: str | os.PathLike | None) -> list[tuple[Path | None, str]]:
-    """Places to look for ``name``, in order, as (directory or None, how it was chosen)."""
+def _data_dir_candidates(name: str, data_dir: str | os.PathLike) -> list[Path]:
+    """Where in a user-named ``data_dir`` the files of ``name`` may be: the folder itself,
+    ``<data_dir>/<name>`` or torchvision's ``<data_dir>/{MNIST,FashionMNIST}/raw``."""
+    d = Path(data_dir).expanduser()
+    return [d, d / name, d / _TORCHVISION_FOLDERS[name] / "raw"]
+
+
+def _how_to_fill(name: str) -> str:
+    return (f"The {name} files are {', '.join(IDX_FILES.values())}, from "
+            f"{' or '.join(MIRRORS[name])} (see {HOMEPAGES[name]}). Without --data-dir they are "
+            f"looked for in $GRAPES_HW_DATA/{name}, the download cache and the system folder, "
+            f"and downloaded if none has them.")
+
+
+def _in_data_dir(name: str, data_dir: str | os.PathLike) -> Path:
+    """The folder in ``data_dir`` that holds ``name``'s files, or DataError saying why not.
+
+    The first candidate holding any of the four files is the one meant; it must hold all
+    four. No other location is ever substituted for a directory the user named."""
+    d = Path(data_dir).expanduser()
+    if not d.is_dir():
+        raise DataError(f"--data-dir {d}: " + ("not a directory" if d.exists()
+                                               else "no such directory")
+                        + f"; it should hold the {name} files {', '.join(IDX_FILES.values())}")
+    for cand in _data_dir_candidates(name, data_dir):
+        if not cand.is_dir():
+            continue
+        missing = _missing_files(cand)
+        if not missing:
+            return cand
+        if len(missing) < len(IDX_FILES):
+            raise DataError(
+                f"--data-dir {d}: {name} is incomplete in {cand}: missing "
+                + ", ".join(str(cand / f) for f in missing)
+                + ". Add the missing files there (no other location is used when --data-dir "
+                  "is given).\n" + _how_to_fill(name))
+    looked = ", ".join(str(c) for c in _data_dir_candidates(name, data_dir))
+    raise DataError(f"--data-dir {d}: no {name} files there (looked in {looked} for "
+                    f"{', '.join(IDX_FILES.values())}). No other location is used when "
+                    f"--data-dir is given.\n" + _how_to_fill(name))
+
+
+def _candidates(name: str) -> list[tuple[Path | None, str]]:
+    """Places to look for ``name`` without a ``data_dir``, in order, as (directory or None,
+    how it was chosen)."""
     out: list[tuple[Path | None, str]] = []
-    if data_dir is not None:
-        d = Path(data_dir).expanduser()
-        out += [(d, "--data-dir"), (d / name, "--data-dir"),
-                (d / _TORCHVISION_FOLDERS[name] / "raw", "--data-dir, torchvision layout")]
     env = os.environ.get("GRAPES_HW_DATA")
     out.append((Path(env).expanduser() / name if env else None, "$GRAPES_HW_DATA/<name>"))
     out.append((cache_dir(name), "download cache"))
@@ -418,10 +463,13 @@ def _missing_files(d: Path) -> list[str]:
 
 
 def _search(name: str, data_dir: str | os.PathLike | None) -> tuple[Path | None, list[str]]:
-    """First directory holding all four files, and a report line per place looked at."""
+    """First directory holding all four files, and a report line per place looked at. With
+    ``data_dir``, that directory or DataError (see :func:`_in_data_dir`)."""
+    if data_dir is not None:
+        return _in_data_dir(name, data_dir), []
     report: list[str] = []
     seen: set[Path] = set()
-    for d, how in _candidates(name, data_dir):
+    for d, how in _candidates(name):
         if d is None:
             report.append(f"{how}: GRAPES_HW_DATA is not set")
             continue
@@ -451,10 +499,11 @@ def _how_to_provide(name: str) -> str:
 def find_dataset_dir(name: str, data_dir: str | os.PathLike | None = None) -> Path:
     """The first directory holding all four IDX files of ``name``.
 
-    Looks in ``data_dir`` (itself, ``<data_dir>/<name>``, ``<data_dir>/MNIST/raw`` or
-    ``<data_dir>/FashionMNIST/raw``), ``$GRAPES_HW_DATA/<name>``, :func:`cache_dir` and
-    ``/usr/share/datasets/<name>``. Raises :class:`DataError` listing every place looked at.
-    Files are not verified here; that happens when they are read.
+    With ``data_dir``: in it (itself, ``<data_dir>/<name>``, ``<data_dir>/MNIST/raw`` or
+    ``<data_dir>/FashionMNIST/raw``) and nowhere else; a missing or incomplete set raises
+    :class:`DataError` naming the missing files. Without: ``$GRAPES_HW_DATA/<name>``,
+    :func:`cache_dir` and ``/usr/share/datasets/<name>``; :class:`DataError` lists every place
+    looked at. Files are not verified here; that happens when they are read.
     """
     _check_name(name)
     if name not in IDX_DATASETS:
@@ -588,9 +637,16 @@ def _locate(name: str, data_dir: str | os.PathLike | None, download: bool,
     return dest
 
 
-def _idx_arrays(name: str, folder: Path) -> tuple[np.ndarray, ...]:
+def _idx_arrays(name: str, folder: Path, data_dir=None) -> tuple[np.ndarray, ...]:
     """Verified (x_train, y_train, x_test, y_test) uint8 read-only arrays of ``folder``."""
-    arrs = {role: _load_idx_readonly(folder / fn, dataset=name) for role, fn in IDX_FILES.items()}
+    try:
+        arrs = {role: _load_idx_readonly(folder / fn, dataset=name)
+                for role, fn in IDX_FILES.items()}
+    except DataError as e:
+        if data_dir is None:
+            raise
+        raise DataError(f"--data-dir {Path(data_dir).expanduser()}: {e}\n  (no other "
+                        "location is used when --data-dir is given)") from e
     for split in ("train", "test"):
         x, y = arrs[f"{split}_images"], arrs[f"{split}_labels"]
         if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0] or x.dtype != np.uint8:
@@ -620,8 +676,10 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
     ``train_subset``: keep a random subset of this many training samples (chosen with
     ``seed``). ``val_fraction``: hold out this fraction of the (subsetted) training set as a
     validation split (also by ``seed``). The test set never depends on ``seed``.
-    ``data_dir``/``download``/``progress``: where to look first, whether a missing dataset
-    may be downloaded into the cache, and whether to show a download progress bar.
+    ``data_dir``/``download``/``progress``: the folder to read the files from (only there:
+    missing or damaged files there raise, see the module docstring), whether a missing
+    dataset may be downloaded into the cache (never with ``data_dir``), and whether to show a
+    download progress bar.
 
     Raises :class:`ConfigError` for bad options and :class:`DataError` for missing, truncated
     or damaged files.
@@ -635,7 +693,7 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
         image_shape, source = (8, 8), "sklearn"
     else:
         folder = _locate(name, data_dir, download, progress)
-        x_tr, y_tr, x_te, y_te = _idx_arrays(name, folder)
+        x_tr, y_tr, x_te, y_te = _idx_arrays(name, folder, data_dir)
         image_shape, source = (int(x_tr.shape[1]), int(x_tr.shape[2])), str(folder)
 
     rng = np.random.default_rng(seed)

@@ -211,26 +211,73 @@ def test_search_order(tmp_path, monkeypatch):
     assert data.find_dataset_dir("mnist", data_dir=str(inside)) == inside
     tv = make_dataset_dir(tmp_path / "tv" / "FashionMNIST" / "raw")
     assert data.find_dataset_dir("fashion-mnist", data_dir=tmp_path / "tv") == tv
-    # An incomplete data_dir is passed over.
+
+
+def test_incomplete_data_dir_is_refused_not_replaced(tmp_path, monkeypatch):
+    """A --data-dir lacking files stops with the missing files named, although complete
+    copies exist in $GRAPES_HW_DATA, the cache and the system folder."""
+    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", (tmp_path / "sys",))
+    monkeypatch.setenv("GRAPES_HW_DATA", str(tmp_path / "env"))
+    for where in ("env", "cache", "sys"):
+        make_dataset_dir(tmp_path / where / "mnist")
     partial = make_dataset_dir(tmp_path / "partial", [T10K_IMAGES, T10K_LABELS])
-    assert data.find_dataset_dir("mnist", data_dir=partial) == env
+    with pytest.raises(DataError) as e:
+        data.find_dataset_dir("mnist", data_dir=partial)
+    msg = str(e.value)
+    assert f"--data-dir {partial}" in msg
+    assert f"missing {partial / TRAIN_IMAGES}, {partial / 'train-labels-idx1-ubyte.gz'}" in msg
+    for other in ("env", "cache", "sys"):
+        assert str(tmp_path / other) not in msg
+    cached = files_under(tmp_path / "cache")
+    for download in (True, False):  # nothing downloaded either (urlopen would fail the test)
+        with pytest.raises(DataError, match="incomplete"):
+            data.load_dataset("mnist", data_dir=partial, download=download)
+    assert files_under(tmp_path / "cache") == cached
+
+
+def test_data_dir_without_the_files_or_missing_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRAPES_HW_DATA", str(tmp_path / "env"))
+    make_dataset_dir(tmp_path / "env" / "mnist")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError) as e:
+        data.find_dataset_dir("mnist", data_dir=empty)
+    msg = str(e.value)
+    assert "no mnist files there" in msg
+    for place in (empty, empty / "mnist", empty / "MNIST" / "raw"):
+        assert str(place) in msg
+    with pytest.raises(DataError, match="no such directory") as e:
+        data.load_dataset("mnist", data_dir=tmp_path / "nope")
+    assert str(tmp_path / "nope") in str(e.value)
+
+
+def test_damaged_file_in_data_dir_is_named_not_replaced(tmp_path, monkeypatch):
+    """Four files present, one a corrupt gzip: the error names it; a good copy elsewhere
+    (the system folder) is not used instead."""
+    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", (DEBIAN_FASHION.parent,))
+    d = make_dataset_dir(tmp_path / "fm")
+    (d / TRAIN_IMAGES).write_bytes(gzip.compress(b"\0" * 4000)[:60])  # truncated gzip
+    with pytest.raises(DataError) as e:
+        data.load_dataset("fashion-mnist", data_dir=d)
+    msg = str(e.value)
+    assert f"--data-dir {d}" in msg and str(d / TRAIN_IMAGES) in msg
+    assert "truncated" in msg
 
 
 def test_missing_dataset_lists_every_place(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", (tmp_path / "sys",))
     monkeypatch.setenv("GRAPES_HW_DATA", str(tmp_path / "env"))
-    partial = make_dataset_dir(tmp_path / "partial", [T10K_IMAGES, T10K_LABELS])
+    partial = make_dataset_dir(tmp_path / "env" / "mnist", [T10K_IMAGES, T10K_LABELS])
     with pytest.raises(DataError) as e:
-        data.find_dataset_dir("mnist", data_dir=partial)
+        data.find_dataset_dir("mnist")
     msg = str(e.value)
-    for place in (partial, tmp_path / "env" / "mnist", tmp_path / "cache" / "mnist",
-                  tmp_path / "sys" / "mnist"):
+    for place in (partial, tmp_path / "cache" / "mnist", tmp_path / "sys" / "mnist"):
         assert str(place) in msg
     assert "missing train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz" in msg
     assert "--data-dir" in msg
 
     with pytest.raises(DataError, match="downloading is disabled") as e:
-        data.load_dataset("mnist", data_dir=partial, download=False)
+        data.load_dataset("mnist", download=False)
     assert str(tmp_path / "sys" / "mnist") in str(e.value)
     assert files_under(tmp_path / "cache") == []
 
