@@ -6,13 +6,45 @@ The public API is small:
 * ``load_device_model`` / ``make_backend`` (``grapes_hw.devices``): device models;
 * ``WeightBackend`` (``grapes_hw.backends``): the protocol a weight store implements;
 * ``modulation_factor`` (``grapes_hw.grapes``): the GRAPES factor as a pure function.
+
+These names are imported on first use (PEP 562), so ``import grapes_hw`` -- and with it
+``grapes-hw --help`` -- does not import torch.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from .devices import load_device_model, make_backend  # noqa: E402
-from .grapes import GrapesParameters, modulation_factor  # noqa: E402
-from .train import TrainConfig, run  # noqa: E402
+_LAZY: dict[str, str] = {
+    "TrainConfig": "train",
+    "run": "train",
+    "load_device_model": "devices",
+    "make_backend": "devices",
+    "GrapesParameters": "grapes",
+    "modulation_factor": "grapes",
+}
+"""Public name -> the submodule defining it."""
 
 __all__ = ["TrainConfig", "run", "load_device_model", "make_backend", "GrapesParameters",
            "modulation_factor", "__version__"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .devices import load_device_model, make_backend
+    from .grapes import GrapesParameters, modulation_factor
+    from .train import TrainConfig, run
+
+
+def __getattr__(name: str) -> Any:
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'grapes_hw' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{mod}", __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

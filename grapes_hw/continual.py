@@ -35,11 +35,9 @@ Outputs in ``--out DIR``:
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import sys
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -49,19 +47,14 @@ import numpy as np
 import torch
 
 from .config import require, to_dict
+from .continual_cli import RULES, add_cli, cmd_continual  # noqa: F401 (re-exported)
 from .errors import ConfigError
+
+# RULES (rule name -> TrainConfig overrides) and the CLI live in continual_cli, which imports
+# nothing heavy, so that `grapes-hw continual -h` does not import torch.
 
 REFERENCE_PIXELS = 784
 """K is given for 784-pixel (28 x 28) images and scaled for other sizes."""
-
-RULES: dict[str, dict] = {
-    "sgd": {"grapes": "off"},
-    "grapes": {"grapes": "propagating"},
-    "grapes-local": {"grapes": "local"},
-    "lr-matched": {"grapes": "off", "lr_matched": True},
-}
-"""Learning-rule names accepted by ``--rules``: TrainConfig overrides on top of the base."""
-
 
 # ---- tasks -----------------------------------------------------------------------------------
 def scaled_k(k: int, n_pixels: int) -> int:
@@ -176,11 +169,12 @@ class _Model:
     def lr(self) -> tuple[float, float]:
         from .grapes import mean_factor
 
+        lr, _ = self.cfg.resolved_lr()  # --lr, or the optimizer's default
         if not self.cfg.lr_matched:
-            return self.cfg.lr, 1.0
+            return lr, 1.0
         scale = mean_factor([self.importance(l) for l in range(self.net.n_hidden)],
                             self.cfg.grapes_lower)
-        return self.cfg.lr * scale, scale
+        return lr * scale, scale
 
     def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
         if x.shape[0] == 0:
@@ -255,6 +249,7 @@ def run_sequence(cfg, data, n_tasks: int, k_pixels: int, epochs_per_task: int,
            "status": status, "curve": curve,
            "optimizer_state_bytes": int(m.optimizer.state_bytes())}
     out["config"]["layers"] = [int(v) for v in cfg.layers]
+    out["config"]["lr"], out["config"]["lr_source"] = cfg.resolved_lr()
     out.update(summarize(curve, n_tasks, epochs_per_task))
     return out
 
@@ -460,108 +455,6 @@ def plot_continual(runs: list[dict], cc: ContinualConfig, out: Path) -> list[str
     plt.close(fig)
     files.append(str(path))
     return files
-
-
-# ---- CLI ---------------------------------------------------------------------------------
-def _csv(kind):
-    def parse(s: str):
-        parts = [p.strip() for p in s.split(",") if p.strip()]
-        if not parts:
-            raise argparse.ArgumentTypeError(f"{s!r}: expected a comma-separated list")
-        if kind is int:
-            try:
-                vals = [int(p) for p in parts]
-            except ValueError:
-                raise argparse.ArgumentTypeError(
-                    f"{s!r}: expected comma-separated integers") from None
-            if any(v < 0 for v in vals):
-                raise argparse.ArgumentTypeError(f"{s!r}: must be >= 0")
-            return tuple(vals)
-        return tuple(parts)
-    return parse
-
-
-def _rules(s: str) -> tuple[str, ...]:
-    vals = _csv(str)(s)
-    bad = [v for v in vals if v not in RULES]
-    if bad:
-        raise argparse.ArgumentTypeError(f"{bad[0]!r}: allowed values: {', '.join(RULES)}")
-    return vals
-
-
-def add_cli(subparsers) -> None:
-    from .cli import (
-        layer_list,
-        lower_bound,
-        nonneg_int,
-        positive_float,
-        positive_int,
-        unit_interval,
-    )
-    from .data import DATASETS
-
-    p = subparsers.add_parser("continual", help="sequential permuted-pixel tasks: forgetting, "
-                                                "SGD vs GRAPES")
-    p.add_argument("--dataset", choices=DATASETS, default="digits")
-    p.add_argument("--tasks", type=positive_int, default=5, help="number of tasks incl. the "
-                   "original (default 5)")
-    p.add_argument("--k", type=nonneg_int, default=600,
-                   help="pixels permuted per task, for 784-pixel images; scaled to the image "
-                        "size (default 600; the paper also uses 300)")
-    p.add_argument("--k-pixels", type=nonneg_int, default=None,
-                   help="pixels permuted per task, exact count (overrides --k)")
-    p.add_argument("--epochs-per-task", type=positive_int, default=5)
-    p.add_argument("--rules", type=_rules, default=("sgd", "grapes"),
-                   help=f"comma-separated, from {', '.join(RULES)} (default sgd,grapes)")
-    p.add_argument("--backends", type=_csv(str), default=("float32",),
-                   help="comma-separated device models (e.g. float32,fixed8)")
-    p.add_argument("--seeds", type=_csv(int), default=(0,), help="comma-separated seeds")
-    p.add_argument("--model", choices=("mlp", "snu", "ssnu"), default="mlp")
-    p.add_argument("--layers", type=layer_list, default=(256, 256, 256))
-    p.add_argument("--activation", choices=("relu", "tanh"), default="relu")
-    p.add_argument("--optimizer", choices=("sgd", "momentum", "nag", "rmsprop", "adam"),
-                   default="sgd")
-    p.add_argument("--credit", choices=("bp", "fa", "dfa"), default="bp")
-    p.add_argument("--lr", type=positive_float, default=0.1)
-    p.add_argument("--momentum", type=unit_interval, default=0.9)
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--grapes-lower", type=lower_bound, default=1.0)
-    p.add_argument("--time-steps", type=positive_int, default=20)
-    p.add_argument("--test-time-steps", type=positive_int, default=20)
-    p.add_argument("--train-subset", type=positive_int, default=None, metavar="N")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--no-download", action="store_true")
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--out", default="continual_out", help="output folder (default continual_out)")
-    p.set_defaults(func=cmd_continual)
-
-
-def cmd_continual(args: argparse.Namespace) -> int:
-    from .train import TrainConfig
-
-    base = TrainConfig(dataset=args.dataset, layers=tuple(args.layers), activation=args.activation,
-                       optimizer=args.optimizer, credit=args.credit, lr=args.lr,
-                       momentum=args.momentum, batch_size=args.batch_size,
-                       train_subset=args.train_subset, grapes_lower=args.grapes_lower,
-                       model=args.model, time_steps=args.time_steps,
-                       test_time_steps=args.test_time_steps, data_dir=args.data_dir,
-                       download=not args.no_download)
-    cc = ContinualConfig(base=base, n_tasks=args.tasks, k=args.k, k_pixels=args.k_pixels,
-                         epochs_per_task=args.epochs_per_task, rules=tuple(args.rules),
-                         backends=tuple(args.backends), seeds=tuple(args.seeds))
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError("--out", f"exists and is not a directory: {out}")
-    s = run_continual(cc, out, quiet=args.quiet, plots=not args.no_plots)
-    for row in s["mean"]:
-        aa, fg = row["average_accuracy"], row["mean_forgetting"]
-        print(f"{row['backend']:<10} {row['rule']:<12} final mean accuracy over tasks "
-              f"{'n/a' if aa is None else f'{aa:.4f}'}  mean forgetting "
-              f"{'n/a' if fg is None else f'{fg:.4f}'}")
-    print(f"-> {out}/summary.json, {out}/continual.jsonl"
-          + ("" if args.no_plots else ", plots"), file=sys.stderr)
-    return 0
 
 
 __all__ = ["ContinualConfig", "RULES", "make_tasks", "run_continual", "run_sequence",

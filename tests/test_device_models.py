@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 
 import pytest
 
 from grapes_hw.cli import main
 from grapes_hw.devices import list_models, load_device_model
+from grapes_hw.errors import ConfigError
 from grapes_hw.train import TrainConfig, run
 
 MODELS = [p.stem for p in list_models()]
@@ -44,4 +46,144 @@ def test_devices_command_lists_every_model_with_its_description(capsys):
     for name in MODELS:
         m = load_device_model(name)
         assert any(line.split()[0] == name and m.description in line
-                   for line in out.splitlines()), name
+                   for line in out.splitlines() if line.strip()), name
+
+
+# ---- strict loading: typos and missing tables exit 2 naming the file and key ----------------
+def cli(capsys, *args):
+    try:
+        rc = main(list(args))
+    except SystemExit as e:
+        rc = e.code
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+FIXED6 = 'name = "x"\ndescription = "d"\nbackend = "fixed"\n\n[fixed]\nbits = 6\n'
+
+
+@pytest.mark.parametrize("command", [["train", "--epochs", "1", "--backend"], ["devices"]])
+def test_top_level_typo_is_named_with_a_hint(capsys, tmp_path, command):
+    bad = tmp_path / "typo.toml"
+    bad.write_text(FIXED6.replace("description =", "descripton ="))
+    rc, _, err = cli(capsys, *command, str(bad))
+    assert rc == 2, err
+    assert str(bad) in err and "'descripton'" in err
+    assert "did you mean 'description'?" in err
+    assert "required key is missing" not in err and "Traceback" not in err
+
+
+def test_nested_typo_is_named_with_a_hint(capsys, tmp_path):
+    bad = tmp_path / "nested.toml"
+    bad.write_text(FIXED6.replace("bits = 6", "bitz = 6"))
+    rc, _, err = cli(capsys, "train", "--epochs", "1", "--backend", str(bad))
+    assert rc == 2
+    assert "fixed.bitz" in err and str(bad) in err and "did you mean 'bits'?" in err
+    noise = tmp_path / "noise.toml"
+    noise.write_text(FIXED6 + "\n[noise]\nread_sigam = 0.1\n")
+    rc, _, err = cli(capsys, "devices", str(noise))
+    assert rc == 2 and "noise.read_sigam" in err and "did you mean 'read_sigma'?" in err
+
+
+def test_a_misspelt_value_gets_a_hint(tmp_path):
+    bad = tmp_path / "value.toml"
+    bad.write_text(FIXED6 + 'rounding = "stocastic"\n')
+    with pytest.raises(ConfigError) as e:
+        load_device_model(str(bad))
+    assert e.value.field == "fixed.rounding"
+    assert "did you mean 'stochastic'?" in e.value.message and "'nearest'" in e.value.message
+
+
+@pytest.mark.parametrize("kind, table", [("fixed", "bits = 8"), ("analog",
+                                                                 'rpu_config = "PCMPreset"')])
+def test_missing_required_table_exits_2_naming_file_and_table(capsys, tmp_path, kind, table):
+    bad = tmp_path / f"no-{kind}.toml"
+    bad.write_text(f'name = "x"\ndescription = "d"\nbackend = "{kind}"\n')
+    rc, _, err = cli(capsys, "train", "--epochs", "1", "--backend", str(bad))
+    assert rc == 2, err
+    assert str(bad) in err and f"[{kind}] table" in err and "missing" in err
+    # the same file with the table loads
+    bad.write_text(bad.read_text() + f"\n[{kind}]\n{table}\n")
+    if kind == "analog" and importlib.util.find_spec("aihwkit") is None:
+        return
+    assert load_device_model(str(bad)).backend == kind
+
+
+def test_float_table_may_be_left_out(tmp_path):
+    f = tmp_path / "f.toml"
+    f.write_text('name = "f"\ndescription = "d"\nbackend = "float"\n')
+    assert load_device_model(str(f)).params.dtype == "float32"
+
+
+def test_table_of_another_backend_is_an_error(tmp_path):
+    f = tmp_path / "f.toml"
+    f.write_text('name = "f"\ndescription = "d"\nbackend = "float"\n[fixed]\nbits = 4\n')
+    with pytest.raises(ConfigError) as e:
+        load_device_model(str(f))
+    assert e.value.field == "fixed" and "backend = 'float'" in e.value.message
+
+
+def test_every_table_of_every_shipped_model_is_explicit():
+    """Shipped fixed/analog models carry their own table (the rule above holds for them)."""
+    import tomllib
+
+    for path in list_models():
+        raw = tomllib.loads(path.read_text())
+        if raw["backend"] in ("fixed", "analog"):
+            assert raw["backend"] in raw, path
+
+
+# ---- grapes-hw devices [NAME] ---------------------------------------------------------------
+def test_devices_list_is_grouped_by_kind_and_naturally_sorted(capsys):
+    rc, out, _ = cli(capsys, "devices")
+    assert rc == 0 and "cannot load" not in out
+    lines = out.splitlines()
+    names = [ln.split()[0] for ln in lines if ln.startswith("  ")]
+    assert sorted(names) == sorted(MODELS)
+    assert names.index("fixed2") < names.index("fixed3") < names.index("fixed10")
+    assert names.index("fixed8-read5") < names.index("fixed8-read10")
+    heads = [i for i, ln in enumerate(lines) if ln and not ln.startswith(" ")
+             and ln.split(":")[0] in ("float", "fixed", "analog")]
+    assert [lines[i].split(":")[0] for i in heads] == ["float", "fixed", "analog"]
+    for name in MODELS:  # each name sits under its kind's heading
+        kind = load_device_model(name).backend
+        row = next(i for i, ln in enumerate(lines) if ln.startswith("  ")
+                   and ln.split()[0] == name)
+        assert lines[max(i for i in heads if i < row)].startswith(kind + ":"), name
+
+
+def test_devices_name_prints_every_field_with_value_unit_and_citation(capsys):
+    from grapes_hw.config import field_docs
+
+    rc, out, _ = cli(capsys, "devices", "fixed8-read5")
+    assert rc == 0
+    flat = " ".join(out.split())
+    m = load_device_model("fixed8-read5")
+    for obj in (m.params, m.noise):
+        docs = field_docs(type(obj))
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            shown = "none" if v is None else (f'"{v}"' if isinstance(v, str) else str(v))
+            assert f"{f.name} = {shown}" in flat, f.name
+            assert " ".join(docs[f.name].replace("``", "").split()) in flat, f.name
+    assert "weight units" in flat and "dimensionless" in flat  # w_max, sigmas
+    assert "dac_bits = none (default)" in flat and "bits = 8 " in flat
+    assert "citation:" in out
+    assert "``" not in out
+
+
+def test_devices_name_shows_the_citation(capsys):
+    rc, out, _ = cli(capsys, "devices", "pcm-insitu")
+    if rc == 2 and importlib.util.find_spec("aihwkit") is None:
+        pytest.skip("aihwkit is not installed")
+    assert rc == 0
+    assert load_device_model("pcm-insitu").citation in out
+    assert '"mapping.weight_scaling_omega" = 0.5' in out
+
+
+def test_devices_unknown_name_exits_2_listing_the_names(capsys):
+    rc, out, err = cli(capsys, "devices", "fixed7")
+    assert rc == 2 and out == ""
+    assert "NAME" in err and "'fixed7'" in err and "Traceback" not in err
+    for name in ("fixed2", "fixed8", "float32", "pcm-insitu"):
+        assert name in err
