@@ -257,9 +257,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = run(cfg, progress=not args.quiet, on_epoch=on_epoch)
     if args.out:
         write_json(args.out, result)
+    c = result["config"]
     print(f"status {result['status']}  best test acc {_num(result['best_test_acc'])}  "
           f"final {_num(result['final_test_acc'])}  slowness {_num(result['slowness'], '.3f')}  "
-          f"optimizer state {result['optimizer_state_bytes']} B"
+          f"optimizer state {result['optimizer_state_bytes']} B  "
+          f"lr {c['lr']:g} ({c['lr_source']})"
           + (f"  -> {args.out}" if args.out else ""))
     if result["status"] == "interrupted":
         print(f"{PROG}: interrupted; partial result kept", file=sys.stderr)

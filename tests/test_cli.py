@@ -225,6 +225,12 @@ def test_train_without_lr_uses_and_records_the_optimizer_default(tmp_path, optim
     assert cfg["lr_source"] == f"default for {optimizer}"
 
 
+def test_train_says_which_lr_it_used(capsys):
+    assert main(["train", "--layers", "8", "--epochs", "1", "--train-subset", "100", "--quiet",
+                 "--optimizer", "rmsprop"]) == 0
+    assert "lr 0.001 (default for rmsprop)" in capsys.readouterr().out
+
+
 def test_train_with_lr_records_it_as_given(tmp_path):
     out = tmp_path / "r.json"
     assert main(["train", "--layers", "16", "--epochs", "1", "--train-subset", "200", "--quiet",
