@@ -55,6 +55,47 @@ def _neg_ones(n: int, dtype: torch.dtype) -> torch.Tensor:
     return t
 
 
+class FactorStats:
+    """The GRAPES factors of the steps of one epoch, summarised per hidden layer (one vector
+    add per layer and step)."""
+
+    def __init__(self, n_hidden: int, mode: str):
+        self.n_hidden, self.mode = n_hidden, mode
+        self._sum: list[torch.Tensor | None] = [None] * n_hidden
+        self._steps = 0
+
+    def add(self, m: list[torch.Tensor | None]) -> None:
+        if not m or m[0] is None:
+            return
+        for l, ml in enumerate(m):
+            if self._sum[l] is None:
+                self._sum[l] = ml.detach().double().clone()
+            else:
+                self._sum[l].add_(ml.detach())
+        self._steps += 1
+
+    def pop(self) -> list[dict | None]:
+        """Per hidden layer, over the steps since the last call: ``m_mean`` (m averaged over
+        the steps and the layer's nodes), ``m_max`` (the largest per-node average) and
+        ``carried``: for the propagating version the product of ``m_mean`` over this and
+        the later hidden layers, the mean factor the error carries at this layer if the
+        layers' factors were independent (local: ``m_mean``). None per layer when GRAPES is
+        off. Resets the sums."""
+        if self._steps == 0:
+            return [None] * self.n_hidden
+        out: list[dict] = []
+        for s in self._sum:
+            avg = s / self._steps
+            out.append({"m_mean": float(avg.mean()), "m_max": float(avg.max())})
+        carried = 1.0
+        for st in reversed(out):
+            carried *= st["m_mean"]
+            st["carried"] = carried if self.mode == "propagating" else st["m_mean"]
+        self._sum = [None] * self.n_hidden
+        self._steps = 0
+        return list(out)
+
+
 class Learner:
     """Applies one learning rule (credit + GRAPES + optimizer) to a network."""
 
@@ -65,6 +106,7 @@ class Learner:
         self.optimizer = optimizer
         self.cache = ForwardCache()
         self.last_factors: list[torch.Tensor | None] = []
+        self.stats = FactorStats(net.n_hidden, grapes.mode)
         self._rowmod = None  # per hidden layer (backend, _omp.RowModulation); False: unused
         self._pending: list = []
 
@@ -170,6 +212,7 @@ class Learner:
         e, loss, correct = softmax_error(logits, y)
         m = self.factors()
         self.last_factors = m
+        self.stats.add(m)
         deltas = self.errors(e, m)
         for l, layer in enumerate(self.net.layers):
             self.optimizer.step(("w", l), layer.backend, self.cache.inputs[l], deltas[l], lr)

@@ -4,6 +4,15 @@
 
 fitted (scipy ``curve_fit``) to the test-accuracy curve over the first 100 epochs (or all,
 if fewer). ``slowness`` is the number of epochs to reach half the plateau: lower is faster.
+
+A fit is only *accepted* (``ok``) when it describes a curve that learned and its numbers are
+physically possible (``plateau_check``): at least ``MIN_EPOCHS`` epochs, a fitted maximum
+accuracy of at most 1, a slowness that is not negative and not beyond
+``MAX_SLOWNESS_FACTOR`` times the epochs run, a best accuracy above chance level
+(``chance_level``: 1 / n_classes + ``CHANCE_MARGIN``), and not a slowness of 0 within
+rounding (``SLOWNESS_ZERO``) on a curve that never rose after its first epoch. A rejected fit
+keeps its fitted numbers (so the reason can be checked) but ``ok`` is False with the reason;
+its slowness must be shown as n/a and left out of means, plots and comparisons.
 """
 
 from __future__ import annotations
@@ -12,35 +21,87 @@ import math
 import warnings
 
 import numpy as np
-from scipy.optimize import OptimizeWarning, curve_fit
+
+MIN_EPOCHS = 3
+"""Fewer epochs than this cannot pin down two parameters and a plateau."""
+
+MAX_SLOWNESS_FACTOR = 10.0
+"""A slowness beyond this many times the epochs run is an extrapolation, not a measurement."""
+
+SLOWNESS_ZERO = 1e-3
+"""Slowness below this (epochs) is 0 within rounding: the fit sits on its lower bound."""
+
+CHANCE_MARGIN = 0.05
+"""Accuracy up to ``1 / n_classes + CHANCE_MARGIN`` (0.15 for 10 classes) is chance level."""
+
+NO_RISE = 1e-3
+"""A curve whose best accuracy is at most this much above its first epoch did not rise."""
 
 
 def plateau(epoch, max_accuracy, slowness):
     return max_accuracy * epoch / (slowness + epoch)
 
 
-def fit_plateau(test_acc: list[float] | np.ndarray, max_epochs: int = 100) -> dict:
+def chance_level(n_classes: int) -> float:
+    """The accuracy at or below which a run is taken not to have learned."""
+    return 1.0 / n_classes + CHANCE_MARGIN
+
+
+def plateau_check(max_accuracy: float, slowness: float, test_acc: list[float] | np.ndarray,
+                  n_classes: int | None = None, max_epochs: int = 100) -> str:
+    """Why a fitted ``(max_accuracy, slowness)`` of the curve ``test_acc`` is not acceptable,
+    or "" when it is. ``n_classes`` None skips the chance-level rule."""
+    acc = np.asarray([np.nan if v is None else v for v in test_acc], dtype=float)[:max_epochs]
+    n_run = int(acc.size)
+    acc = acc[np.isfinite(acc)]
+    if acc.size < MIN_EPOCHS:
+        return f"need at least {MIN_EPOCHS} epochs, got {acc.size}"
+    if not (math.isfinite(max_accuracy) and math.isfinite(slowness)):
+        return "non-finite fit"
+    best = float(acc.max())
+    if n_classes is not None and best <= chance_level(n_classes):
+        return (f"did not learn: best accuracy {best:.4f} is at chance level "
+                f"(<= {chance_level(n_classes):.2f} for {n_classes} classes)")
+    if max_accuracy > 1.0:
+        return f"fitted max accuracy {max_accuracy:.4g} > 1"
+    if slowness < 0.0:
+        return f"negative slowness {slowness:.4g}"
+    if slowness > MAX_SLOWNESS_FACTOR * n_run:
+        return (f"slowness {slowness:.4g} beyond {MAX_SLOWNESS_FACTOR:g}x the {n_run} epochs "
+                "run")
+    if slowness < SLOWNESS_ZERO and best - float(acc[0]) <= NO_RISE:
+        return (f"slowness {slowness:.2g} (0 within rounding) for a curve that did not rise "
+                "after its first epoch")
+    return ""
+
+
+def fit_plateau(test_acc: list[float] | np.ndarray, max_epochs: int = 100,
+                n_classes: int | None = None) -> dict:
     """Fit the plateau equation; returns ``{max_accuracy, slowness, ok, reason}``.
 
-    Epochs are numbered from 1. Needs at least two finite points; a failed fit is reported
-    (``ok`` False with the reason), never silently replaced.
+    Epochs are numbered from 1; missing (None / non-finite) epochs are skipped. ``ok`` is
+    False with the reason for a failed fit (numbers None) and for a rejected one (numbers
+    kept, see ``plateau_check``); a failure is never silently replaced.
     """
-    acc = np.asarray(test_acc, dtype=float)[:max_epochs]
+    acc = np.asarray([np.nan if v is None else v for v in test_acc], dtype=float)[:max_epochs]
     epochs = np.arange(1, acc.size + 1, dtype=float)
     finite = np.isfinite(acc)
-    acc, epochs = acc[finite], epochs[finite]
-    if acc.size < 2:
+    acc_f, epochs = acc[finite], epochs[finite]
+    if acc_f.size < MIN_EPOCHS:
         return {"max_accuracy": None, "slowness": None, "ok": False,
-                "reason": "need at least 2 epochs"}
-    top = float(acc.max())
+                "reason": f"need at least {MIN_EPOCHS} epochs, got {acc_f.size}"}
+    from scipy.optimize import OptimizeWarning, curve_fit
+
+    top = float(acc_f.max())
     p0 = (max(top, 1e-3), 0.5)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OptimizeWarning)
-            (a, s), _ = curve_fit(plateau, epochs, acc, p0=p0,
+            (a, s), _ = curve_fit(plateau, epochs, acc_f, p0=p0,
                                   bounds=([0.0, 0.0], [np.inf, np.inf]), maxfev=10000)
     except (RuntimeError, ValueError) as e:
         return {"max_accuracy": None, "slowness": None, "ok": False, "reason": str(e)}
     if not (math.isfinite(a) and math.isfinite(s)):
         return {"max_accuracy": None, "slowness": None, "ok": False, "reason": "non-finite fit"}
-    return {"max_accuracy": float(a), "slowness": float(s), "ok": True, "reason": ""}
+    reason = plateau_check(float(a), float(s), acc, n_classes, max_epochs)
+    return {"max_accuracy": float(a), "slowness": float(s), "ok": not reason, "reason": reason}

@@ -238,6 +238,14 @@ class NoisyBackend:
     def pulses(self) -> int:
         return self.inner.pulses()
 
+    def write_stats(self) -> dict:
+        return self.inner.write_stats()
+
+    @property
+    def pulse_unit(self) -> str:
+        """What ``pulses()`` counts: the inner backend's unit (noise adds no writes)."""
+        return self.inner.pulse_unit
+
     def __getattr__(self, name):
         # Backend-specific attributes (params, q, step, ...) pass through to the inner backend.
         if name in ("inner", "noise"):

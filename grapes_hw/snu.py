@@ -62,7 +62,7 @@ import torch
 
 from .config import from_mapping, require, to_dict
 from .grapes import GrapesParameters, mean_factor, modulation_factor
-from .learning import softmax_error
+from .learning import FactorStats, softmax_error
 from .network import HWLinear
 
 MODELS = ("mlp", "snu", "ssnu")
@@ -243,6 +243,7 @@ class SNULearner:
         self.time_steps = int(time_steps)
         self.generator = generator or torch.Generator().manual_seed(0)
         self.last_factors: list[torch.Tensor | None] = []
+        self.stats = FactorStats(net.n_hidden, grapes.mode)
         self.last_grads: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     @property
@@ -291,6 +292,7 @@ class SNULearner:
         x_seq = rate_code(x, T, self.generator, self.net.params.input_rate)
         loss, correct, traces, grads, m = self.gradients(x_seq, y)
         self.last_factors = m
+        self.stats.add(m)
         self.last_grads = grads
         for l, layer in enumerate(self.net.layers):
             g_a, g_b = grads[l]

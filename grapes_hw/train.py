@@ -198,9 +198,22 @@ def total_pulses(net: Network) -> int:
     return n
 
 
+def pulses_unit(net: Network) -> str:
+    """What ``total_pulses`` counts, as the backends declare it (``pulse_unit``); a digital
+    bias adds its own writes, e.g. ``cells changed + writes (bias)``."""
+    units = list(dict.fromkeys(getattr(layer.backend, "pulse_unit", "unknown")
+                               for layer in net.layers))
+    biases = [layer.bias for layer in net.layers if layer.bias is not None]
+    if biases:
+        units.append(f"{getattr(biases[0], 'pulse_unit', 'unknown')} (bias)")
+    return " + ".join(units)
+
+
 def memory_report(net: Network, optimizer, credit) -> dict:
+    """Memory costs of ``net`` (and, for ``result_record`` to lift out, its ``pulses_unit``)."""
     reports = [layer.backend.memory() for layer in net.layers]
     return {
+        "pulses_unit": pulses_unit(net),
         "n_weights": sum(r.n_weights for r in reports),
         "weight_digital_bytes": sum(r.digital_bytes for r in reports),
         "device_count": sum(r.device_count for r in reports),
@@ -242,6 +255,7 @@ def train_loop(learner, net, cfg: TrainConfig, lr: float, x_train, y_train, eval
     epochs: list[dict] = []
     status, diverged_epoch, interrupted = "ok", None, False
     pulses_before = total_pulses(net)
+    layers_before = [_layer_counters(layer) for layer in net.layers]
     bar = None
     if progress:
         from tqdm import tqdm
@@ -284,6 +298,7 @@ def train_loop(learner, net, cfg: TrainConfig, lr: float, x_train, y_train, eval
                 "pulses": pulses_now - pulses_before,
             }
             pulses_before = pulses_now
+            rec["layers"], layers_before = _layer_records(net, learner, layers_before)
             if seen < n:
                 rec["partial"] = True
             if x_val.shape[0]:
@@ -298,6 +313,31 @@ def train_loop(learner, net, cfg: TrainConfig, lr: float, x_train, y_train, eval
         if bar is not None:
             bar.close()
     return epochs, status, diverged_epoch
+
+def _layer_counters(layer) -> dict:
+    return {"pulses": int(layer.backend.pulses()), **layer.backend.write_stats()}
+
+
+def _layer_records(net, learner, before: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Per layer, for one epoch: ``pulses`` (in the backend's unit), and where the backend
+    keeps device state ``writes``, ``write_repeats`` (write-verify) and ``near_saturation``
+    (at the epoch's end); per hidden layer with GRAPES the factor summary of
+    ``FactorStats.pop``."""
+    factors = learner.stats.pop()
+    now = [_layer_counters(layer) for layer in net.layers]
+    out = []
+    for l, (a, b) in enumerate(zip(before, now, strict=True)):
+        rec: dict = {"pulses": b["pulses"] - a["pulses"]}
+        for k in ("writes", "write_repeats"):
+            if k in b:
+                rec[k] = b[k] - a[k]
+        if "near_saturation" in b:
+            rec["near_saturation"] = b["near_saturation"]
+        if l < len(factors) and factors[l] is not None:
+            rec.update(factors[l])
+        out.append(rec)
+    return out, now
+
 
 def run(cfg: TrainConfig, *, progress: bool = False,
         on_epoch: EpochCallback | None = None, dataset=None) -> dict:
@@ -356,7 +396,9 @@ def result_record(cfg, model, data, splits, epochs: list[dict], status: str,
     and final test accuracy, plateau fit, status, memory and pulse costs, versions."""
     x_train, x_test, x_val = splits
     tests = [e["test_acc"] for e in epochs if e["test_acc"] is not None]
-    fit = fit_plateau(tests)
+    fit = fit_plateau(tests, n_classes=data.n_classes)
+    memory = dict(memory)
+    unit = memory.pop("pulses_unit", None)
     config = to_dict(cfg)
     config["layers"] = [int(v) for v in cfg.layers]
     config["lr"], config["lr_source"] = cfg.resolved_lr()
@@ -367,17 +409,19 @@ def result_record(cfg, model, data, splits, epochs: list[dict], status: str,
         "config": config,
         "device_model": model.to_dict(),
         "dataset": {"name": data.name, "source": data.source, "n_train": int(x_train.shape[0]),
-                    "n_test": int(x_test.shape[0]), "n_val": int(x_val.shape[0])},
+                    "n_test": int(x_test.shape[0]), "n_val": int(x_val.shape[0]),
+                    "n_classes": int(data.n_classes)},
         "epochs": epochs,
         "best_test_acc": max(tests) if tests else None,
         "final_test_acc": tests[-1] if tests else None,
-        "slowness": fit["slowness"],
+        "slowness": fit["slowness"] if fit["ok"] else None,
         "plateau_fit": fit,
         "status": status,
         "diverged_epoch": diverged_epoch,
         "optimizer_state_bytes": int(optimizer.state_bytes()),
         "memory": memory,
         "pulses_total": sum(e["pulses"] for e in epochs),
+        "pulses_unit": unit,
         "drift": drift,
         "seconds_total": time.perf_counter() - t_start,
         "versions": versions(),

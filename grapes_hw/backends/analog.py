@@ -238,6 +238,10 @@ def _add_pair_baseline(tile: Any, g0: float) -> None:
 class AnalogTileBackend:
     """One layer's weights on an aihwkit analog tile (see the module docstring)."""
 
+    pulse_unit = "estimated programming steps"
+    """What ``pulses()`` counts: ``|dW| / dw_min`` per write, estimated (aihwkit counts
+    pulses only on GPU); 0 on tiles that are not pulsed (inference tiles)."""
+
     def __init__(self, shape: tuple[int, int], params: AnalogParams | None = None,
                  seed: int = 0, rpu_config: Any = None):
         self.params = params or AnalogParams()
@@ -254,6 +258,8 @@ class AnalogTileBackend:
         self._drift_compensation = getattr(self.tile.rpu_config, "drift_compensation", None)
         self._lr: float | None = None
         self._pulses = 0.0
+        self._writes = 0    # pulsed tile updates (rank updates and column-wise writes)
+        self._repeats = 0   # extra writes that write-verify added to increments
         self._eye: torch.Tensor | None = None
         # The stored (unscaled) weights as of the last write, kept while counting pulses: the
         # next write's "before" and GRAPES' importance read come from it instead of another
@@ -372,6 +378,7 @@ class AnalogTileBackend:
         self._set_lr(lr / x.shape[0])
         self.tile.update(x.float().contiguous(), delta.float().contiguous())
         self.tile.post_update_step()
+        self._writes += 1
         self._count(before)
 
     def increment(self, dw: torch.Tensor) -> None:
@@ -383,6 +390,8 @@ class AnalogTileBackend:
         before = self._before()
         self._set_lr(1.0)
         repeats = self._write_repeats(dw)
+        self._writes += repeats
+        self._repeats += repeats - 1
         if repeats == 1:
             self.tile.update(self._eye, (-dw.T).float().contiguous())
         else:
@@ -425,6 +434,17 @@ class AnalogTileBackend:
     def pulses(self) -> int:
         return int(round(self._pulses))
 
+    def write_stats(self) -> dict:
+        """Cumulative write counters and the devices' state: ``writes`` (pulsed tile
+        updates: one per rank update, one per column-wise write of ``increment``),
+        ``write_repeats`` (the extra writes write-verify added), ``near_saturation`` (share
+        of devices within 10% of their bound: for PCM pairs, G+ or G- above 0.9 of its
+        device's w_max; for bidirectional devices, within 10% of the range of either bound;
+        None where the tile has no pulsed devices) and ``n_devices``."""
+        sat = (_saturation(self.tile) if self.pulsed
+               else {"near_saturation": None, "n_devices": 0})
+        return {"writes": self._writes, "write_repeats": self._repeats, **sat}
+
     # -- inference-time drift ----------------------------------------------------------------
     def program_and_drift(self, t_seconds: float, compensation: bool | None = None) -> None:
         """Program the current weights to the device with the noise model of an
@@ -450,6 +470,30 @@ class AnalogTileBackend:
         self.tile.drift_weights(t_seconds)
 
 
+SATURATION_MARGIN = 0.1
+"""A device is "near saturation" within this fraction of its range from its bound."""
+
+
+def _saturation(tile: Any) -> dict:
+    hp = tile.get_hidden_parameters()
+    near, n = 0, 0
+    pairs = sorted(k[len("hidden_weights_"):] for k in hp
+                   if k.startswith("hidden_weights_") and f"max_bound_{k[15:]}" in hp)
+    if pairs:  # devices of a compound (PCM pair): conductances in [0, max_bound]
+        for i in pairs:
+            g, top = hp[f"hidden_weights_{i}"], hp[f"max_bound_{i}"]
+            near += int((g >= (1 - SATURATION_MARGIN) * top).sum())
+            n += g.numel()
+    elif "max_bound" in hp:  # one bidirectional device per weight: the weight itself
+        w = tile.tile.get_weights() if hasattr(tile.tile, "get_weights") else \
+            tile.get_weights(apply_weight_scaling=False)[0]
+        lo, hi = hp["min_bound"], hp["max_bound"]
+        span = (hi - lo) * SATURATION_MARGIN
+        near = int(((w >= hi - span) | (w <= lo + span)).sum())
+        n = w.numel()
+    return {"near_saturation": near / n if n else None, "n_devices": n}
+
+
 def _blocks(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
@@ -465,6 +509,8 @@ class SplitAnalogBackend:
     ``increment``: every array gets its slice of x / delta / dw. Reads, programming, pulses
     and memory are assembled or summed over the arrays. Every array draws its own
     device-to-device variation (seeds derived from ``seed`` and its position)."""
+
+    pulse_unit = AnalogTileBackend.pulse_unit
 
     def __init__(self, shape: tuple[int, int], params: AnalogParams, seed: int = 0,
                  rpu_config: Any = None):
@@ -571,6 +617,17 @@ class SplitAnalogBackend:
 
     def pulses(self) -> int:
         return int(round(sum(t._pulses for t in self._all())))
+
+    def write_stats(self) -> dict:
+        """``AnalogTileBackend.write_stats`` summed over the arrays (saturation weighted by
+        each array's devices)."""
+        stats = [t.write_stats() for t in self._all()]
+        n = sum(s["n_devices"] for s in stats)
+        sat = (sum(s["near_saturation"] * s["n_devices"] for s in stats) / n
+               if n and all(s["near_saturation"] is not None for s in stats) else None)
+        return {"writes": sum(s["writes"] for s in stats),
+                "write_repeats": sum(s["write_repeats"] for s in stats),
+                "near_saturation": sat, "n_devices": n}
 
     def program_and_drift(self, t_seconds: float, compensation: bool | None = None) -> None:
         for t in self._all():

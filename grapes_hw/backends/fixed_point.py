@@ -137,6 +137,9 @@ class FixedPointBackend:
     integer tensor), ``step`` and ``qmax``.
     """
 
+    pulse_unit = "cells changed"
+    """What ``pulses()`` counts: integer cells whose value an update changed."""
+
     def __init__(self, shape: tuple[int, int], params: FixedParams | None = None,
                  seed: int = 0):
         self.params = params or FixedParams()
@@ -309,6 +312,10 @@ class FixedPointBackend:
 
     def pulses(self) -> int:
         return self._changed
+
+    def write_stats(self) -> dict:
+        """Device-state counters of analog backends; a digital store has none."""
+        return {}
 
 
 def make_fixed(shape, params, noise, seed):

@@ -31,6 +31,8 @@ class FloatBackend:
 
     exact_read = True
     """``read()`` is the stored tensor itself (see ``backends/base.py``)."""
+    pulse_unit = "writes"
+    """What ``pulses()`` counts: every weight written by each update (digital writes)."""
 
     def __init__(self, shape: tuple[int, int], params: FloatParams | None = None):
         self.params = params or FloatParams()
@@ -94,3 +96,7 @@ class FloatBackend:
 
     def pulses(self) -> int:
         return self._writes
+
+    def write_stats(self) -> dict:
+        """Device-state counters of analog backends; a digital store has none."""
+        return {}
