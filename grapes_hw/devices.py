@@ -26,6 +26,7 @@ import dataclasses
 import importlib
 import os
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,9 +96,15 @@ class DeviceModel:
     path: str = ""
     """File it was loaded from."""
     extra: dict = field(default_factory=dict)
+    """Anything else to record with the model (JSON-able; in ``to_dict`` under ``extra`` when
+    not empty). A model made from an aihwkit rpu_config object keeps its ``repr`` here."""
+    factory: Callable[..., Any] | None = field(default=None, repr=False, compare=False)
+    """Builds one layer's backend as ``factory(shape, params, noise, seed)`` in place of the
+    kind's registered factory (``BACKEND_KINDS``); None: the registered one. Set by
+    ``device_model_from_rpu_config``; a factory for a custom weight store can be given too."""
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "name": self.name,
             "description": self.description,
             "backend": self.backend,
@@ -106,6 +113,9 @@ class DeviceModel:
             "params": to_dict(self.params),
             "noise": to_dict(self.noise) if self.noise is not None else None,
         }
+        if self.extra:
+            out["extra"] = to_dict(self.extra)
+        return out
 
 
 def models_dir() -> Path:
@@ -146,7 +156,13 @@ def _resolve(name_or_path: str, option: str) -> Path:
 
 
 def load_device_model(name_or_path: str, option: str = "--backend") -> DeviceModel:
-    """Load a device model by shipped name or TOML path; errors name the offending key."""
+    """Load a device model by shipped name or TOML path; errors name the offending key.
+
+    A ``DeviceModel`` or an aihwkit rpu_config object is accepted too (see
+    ``resolve_device_model``), so every caller of a ``TrainConfig.backend`` takes all four."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        return resolve_device_model(name_or_path, option)
+    name_or_path = os.fspath(name_or_path)
     path = _resolve(name_or_path, option)
     try:
         with open(path, "rb") as f:
@@ -218,5 +234,102 @@ def device_model_from_dict(data: dict, source: str = "<dict>") -> DeviceModel:
 
 def make_backend(model: DeviceModel, shape: tuple[int, int], seed: int):
     """Instantiate ``model``'s backend for one layer of ``shape`` ``(n_out, n_in)``."""
-    _, factory = BACKEND_KINDS[model.backend].load()
+    factory = model.factory
+    if factory is None:
+        _, factory = BACKEND_KINDS[model.backend].load()
     return factory(shape, model.params, model.noise, seed)
+
+
+def is_rpu_config(obj: Any) -> bool:
+    """Whether ``obj`` is an aihwkit RPU configuration (``PCMPreset()``, ...). Without aihwkit
+    imported nothing can be one, and aihwkit is not imported to find out."""
+    if "aihwkit" not in sys.modules:
+        return False
+    try:
+        from aihwkit.simulator.parameters.base import RPUConfigBase
+    except ImportError:  # pragma: no cover - a broken aihwkit install
+        return False
+    return isinstance(obj, RPUConfigBase)
+
+
+class RPUConfigFactory:
+    """The backend factory of a model made from an rpu_config object: every layer gets
+    ``AnalogTileBackend(shape, params, seed, rpu_config=...)`` (a copy of the config; a grid
+    of them when ``params.tile_size`` is smaller than the layer), wrapped in the model's noise
+    if any. A class rather than a closure, so a ``DeviceModel`` holding it pickles."""
+
+    def __init__(self, rpu_config: Any):
+        self.rpu_config = rpu_config
+
+    def __call__(self, shape, params, noise, seed):
+        from .backends.analog import AnalogTileBackend, SplitAnalogBackend
+
+        size = params.tile_size
+        if size is not None and (shape[0] > size or shape[1] > size):
+            backend = SplitAnalogBackend(shape, params, seed, rpu_config=self.rpu_config)
+        else:
+            backend = AnalogTileBackend(shape, params, seed, rpu_config=self.rpu_config)
+        if noise is not None:
+            from .noise import wrap_with_noise
+
+            return wrap_with_noise(backend, noise, seed)
+        return backend
+
+
+def device_model_from_rpu_config(rpu_config: Any, *, name: str | None = None,
+                                 description: str | None = None, params: Any = None,
+                                 noise: Any = None, citation: str = "") -> DeviceModel:
+    """A ``DeviceModel`` of kind ``analog`` whose layers are tiles of ``rpu_config``, an aihwkit
+    RPU configuration object built in Python (e.g. a ``PCMPreset()`` with fields changed).
+
+    ``params``: an ``AnalogParams`` for the backend's own settings (``read``, ``count_pulses``,
+    ``g0``, ``tile_size``); its ``rpu_config`` name is replaced by the object's class name,
+    for the record. ``noise``: a ``grapes_hw.noise.NoiseParams`` or None. ``name`` defaults
+    to the class name. The config's ``repr`` is kept in ``extra["rpu_config"]`` (result.json's
+    ``device_model``), so a run's record says exactly which device it ran on."""
+    if not is_rpu_config(rpu_config):
+        raise ConfigError("backend", f"expected an aihwkit rpu_config object, got "
+                                     f"{type(rpu_config).__name__}")
+    from .backends.analog import AnalogParams
+
+    cls = type(rpu_config).__name__
+    if params is None:
+        params = AnalogParams(rpu_config=cls)
+    elif not isinstance(params, AnalogParams):
+        raise ConfigError("params", f"expected grapes_hw.backends.analog.AnalogParams, got "
+                                    f"{type(params).__name__}")
+    else:
+        params = dataclasses.replace(params, rpu_config=cls)
+    return DeviceModel(
+        name=name or cls,
+        description=description or f"aihwkit {cls} object given in Python",
+        backend="analog", params=params, noise=noise, citation=citation,
+        path="", extra={"rpu_config": repr(rpu_config),
+                        "rpu_config_class": f"{type(rpu_config).__module__}.{cls}"},
+        factory=RPUConfigFactory(rpu_config))
+
+
+def resolve_device_model(backend: Any, option: str = "backend") -> DeviceModel:
+    """The device model ``backend`` stands for (``TrainConfig.backend``): a shipped model's
+    name, a path to a TOML file (str or ``os.PathLike``), a ``DeviceModel`` (used as is) or an
+    aihwkit rpu_config object (``device_model_from_rpu_config``). Errors name ``option``."""
+    if isinstance(backend, DeviceModel):
+        return backend
+    if isinstance(backend, (str, os.PathLike)):
+        return load_device_model(os.fspath(backend), option)
+    if is_rpu_config(backend):
+        return device_model_from_rpu_config(backend)
+    raise ConfigError(option, f"got a {type(backend).__name__}; expected a device model name "
+                              "(e.g. float32, pcm-insitu), a path to a .toml file, a "
+                              "grapes_hw.devices.DeviceModel or an aihwkit rpu_config object")
+
+
+def describe_backend(backend: Any) -> str:
+    """``backend`` as a short JSON-able label: itself for a name or path, the model's name for
+    a ``DeviceModel``, the class name for an rpu_config object (result.json's
+    ``config.backend``; the full description is in its ``device_model``)."""
+    if isinstance(backend, (str, os.PathLike)):
+        return os.fspath(backend)
+    if isinstance(backend, DeviceModel):
+        return backend.name
+    return type(backend).__name__

@@ -9,11 +9,13 @@ write pulses and the versions used.
 from __future__ import annotations
 
 import math
+import os
 import platform
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +23,13 @@ import torch
 from . import __version__
 from .config import default_lr, default_lr_text, is_positive_lr, require, to_dict
 from .credit import make_credit
-from .devices import DeviceModel, load_device_model, make_backend
+from .devices import (
+    DeviceModel,
+    describe_backend,
+    is_rpu_config,
+    make_backend,
+    resolve_device_model,
+)
 from .grapes import GrapesParameters, mean_factor
 from .learning import Learner
 from .metrics import fit_plateau
@@ -39,8 +47,11 @@ class TrainConfig:
     """Hidden layer widths (number of nodes), input and output sizes come from the data."""
     activation: str = "relu"
     """Hidden activation: relu or tanh."""
-    backend: str = "float32"
-    """Device model: a name in ``device_models/`` or a path to a TOML file."""
+    backend: str | Any = "float32"
+    """Device model: a name in ``device_models/`` or a path to a TOML file; from Python also a
+    ``grapes_hw.devices.DeviceModel`` or an aihwkit rpu_config object (e.g. ``PCMPreset()``
+    with fields changed; see ``grapes_hw.devices.resolve_device_model``). result.json records
+    a name (``config.backend``) and the full description (``device_model``)."""
     optimizer: str = "sgd"
     """sgd, momentum, nag (Nesterov), rmsprop or adam."""
     grapes: str = "off"
@@ -104,6 +115,10 @@ class TrainConfig:
                 f"got {self.dataset!r}; allowed values: {', '.join(DATASETS)}")
         require(len(self.layers) >= 1 and all(int(n) > 0 for n in self.layers), "--layers",
                 f"got {list(self.layers)}; expected positive integers, e.g. 256,256,256")
+        require(isinstance(self.backend, (str, os.PathLike, DeviceModel))
+                or is_rpu_config(self.backend), "backend",
+                f"got a {type(self.backend).__name__}; expected a device model name, a path to "
+                "a .toml file, a grapes_hw.devices.DeviceModel or an aihwkit rpu_config object")
         require(self.activation in ("relu", "tanh"), "--activation",
                 f"got {self.activation!r}; allowed values: relu, tanh")
         require(self.optimizer in ("sgd", "momentum", "nag", "rmsprop", "adam"), "--optimizer",
@@ -169,8 +184,12 @@ def versions() -> dict:
     return out
 
 
-def build_network(cfg: TrainConfig, model: DeviceModel, n_in: int, n_out: int) -> Network:
-    """He-uniform initialised network on ``model``'s backend, seeded by ``cfg.seed``."""
+def build_network(cfg: TrainConfig, model: DeviceModel | Any, n_in: int, n_out: int) -> Network:
+    """He-uniform initialised network on ``model``'s backend, seeded by ``cfg.seed``.
+
+    ``model``: a ``DeviceModel``, or anything ``TrainConfig.backend`` takes (a name, a TOML
+    path, an aihwkit rpu_config object)."""
+    model = resolve_device_model(model)
     gen = torch.Generator().manual_seed(cfg.seed)
     sizes = [n_in, *[int(n) for n in cfg.layers], n_out]
     layers = []
@@ -349,7 +368,7 @@ def run(cfg: TrainConfig, *, progress: bool = False,
         from .snu import run_snu
 
         return run_snu(cfg, progress=progress, on_epoch=on_epoch, dataset=dataset)
-    model = load_device_model(cfg.backend)
+    model = resolve_device_model(cfg.backend)
     torch.manual_seed(cfg.seed)
     data = dataset or load_dataset(cfg.dataset, data_dir=cfg.data_dir,
                                    train_subset=cfg.train_subset, val_fraction=cfg.val_fraction,
@@ -399,7 +418,9 @@ def result_record(cfg, model, data, splits, epochs: list[dict], status: str,
     fit = fit_plateau(tests, n_classes=data.n_classes)
     memory = dict(memory)
     unit = memory.pop("pulses_unit", None)
-    config = to_dict(cfg)
+    # A DeviceModel or rpu_config object as backend is recorded by name (JSON-able); what it
+    # is, in full, is the record's "device_model".
+    config = to_dict(replace(cfg, backend=describe_backend(cfg.backend)))
     config["layers"] = [int(v) for v in cfg.layers]
     config["lr"], config["lr_source"] = cfg.resolved_lr()
     config["lr_effective"] = lr
