@@ -3,7 +3,12 @@
 The public API is small:
 
 * ``TrainConfig`` and ``run`` (``grapes_hw.train``): one training run -> result dict;
-* ``load_device_model`` / ``make_backend`` (``grapes_hw.devices``): device models;
+  ``TrainConfig.backend`` is a device model's name, a TOML path, a ``DeviceModel`` or an
+  aihwkit rpu_config object;
+* ``DeviceModel``, ``load_device_model``, ``resolve_device_model``,
+  ``device_model_from_rpu_config`` / ``make_backend`` (``grapes_hw.devices``): device models;
+* ``GRAPES`` (``grapes_hw.torch``): GRAPES attached to any torch ``nn.Module`` (Linear, Conv2d,
+  aihwkit AnalogLinear/AnalogConv2d), for a user's own training loop and optimizer;
 * ``WeightBackend`` (``grapes_hw.backends``): the protocol a weight store implements;
 * ``modulation_factor`` (``grapes_hw.grapes``): the GRAPES factor as a pure function.
 
@@ -22,6 +27,10 @@ _LAZY: dict[str, str] = {
     "TrainConfig": "train",
     "run": "train",
     "load_device_model": "devices",
+    "DeviceModel": "devices",
+    "resolve_device_model": "devices",
+    "device_model_from_rpu_config": "devices",
+    "GRAPES": "torch",
     "make_backend": "devices",
     "GrapesParameters": "grapes",
     "modulation_factor": "grapes",
@@ -29,11 +38,19 @@ _LAZY: dict[str, str] = {
 """Public name -> the submodule defining it."""
 
 __all__ = ["TrainConfig", "run", "load_device_model", "make_backend", "GrapesParameters",
-           "modulation_factor", "__version__"]
+           "modulation_factor", "DeviceModel", "resolve_device_model",
+           "device_model_from_rpu_config", "GRAPES", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .devices import load_device_model, make_backend
+    from .devices import (
+        DeviceModel,
+        device_model_from_rpu_config,
+        load_device_model,
+        make_backend,
+        resolve_device_model,
+    )
     from .grapes import GrapesParameters, modulation_factor
+    from .torch import GRAPES
     from .train import TrainConfig, run
 
 
