@@ -1,87 +1,61 @@
 """Reports of a sweep folder: ``grapes-hw report DIR`` -> ``DIR/report.md``, CSV tables, PNGs.
 
-Runs are read from ``DIR/runs.jsonl`` (the last record of each key counts) and grouped by
-every setting that varies between them except the seed. Per group the report gives the
-paper's numbers: best test accuracy over the epochs, mean and standard deviation over seeds
-(sample std, ddof=1; empty for a single run), and the plateau-equation slowness; it counts the
-runs, flags diverged and failed ones, names the best optimizer of each setting and says, with
-a Welch t-test over seeds, whether GRAPES beats its plain baseline (same optimizer, GRAPES off)
-or not.
+Runs are read from ``DIR/runs.jsonl`` (the last record of each key counts), re-checked and
+grouped by ``report_analysis`` (every setting that varies except the seed; "method" fields
+are compared within a "context"). The report states what ran, read from the runs (dataset,
+network, epochs, seeds, n per cell), never from the study's description. Per group it gives
+the paper's numbers: best test accuracy over the epochs, mean and sample standard deviation
+over seeds (ddof=1; empty for a single run), and the plateau-equation slowness (accepted fits
+only, see ``metrics``); it flags runs that failed, diverged, stayed at chance level, wrote no
+pulses on a device that must write or have a rejected fit, names the best method of each
+setting and says, with a Welch t-test over seeds, whether GRAPES beats its plain baseline.
 
 Files written (all in DIR): ``report.md``; ``summary.csv`` (one row per group),
-``learning_curves.csv``, ``comparisons.csv``, and when the data has them ``acc_vs_bits.csv``,
-``acc_vs_noise.csv``, ``drift.csv``; plots ``best_test_acc.png``, ``slowness.png``,
-``learning_curves.png``, ``pulses.png``, ``optimizer_memory.png`` and, when the data has them,
-``acc_vs_bits.png``, ``acc_vs_noise.png``, ``drift.png``.
-
-Which settings are "method" (compared within a group) and which are "context": the fields
-in ``METHOD_FIELDS`` (optimizer, GRAPES mode, learning rate, ...) make the method; every other
-varying field (device model, dataset, layers, credit rule, ...) is the context.
+``learning_curves.csv``, ``flagged_runs.csv`` and, when the data has them,
+``comparisons.csv``, ``acc_vs_bits.csv``, ``acc_vs_noise.csv``, ``drift.csv``; plots
+(``report_plots``) ``best_test_acc.png``, ``learning_curves.png``, ``optimizer_memory.png``
+and, when there is something to draw, ``slowness.png``, ``pulses.png``, ``acc_vs_bits.png``,
+``acc_vs_noise.png``, ``drift.png``. An output of an earlier report that has nothing to show
+any more is removed.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import math
-import re
-from collections import defaultdict
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
-from .sweep import RUNS_FILE, STUDY_FILE, _flat_config, latest_by_key, read_runs
+from . import report_plots as plots
+from .metrics import CHANCE_MARGIN, MAX_SLOWNESS_FACTOR, MIN_EPOCHS, SLOWNESS_ZERO
+from .report_analysis import (  # noqa: F401  (re-exported: the report's public names)
+    FINISHED,
+    IGNORED_FIELDS,
+    METHOD_FIELDS,
+    Analysis,
+    Group,
+    analyse,
+    facts,
+    load,
+    mean_std,
+    method_label,
+    n_classes,
+    run_fields,
+    welch_p,
+)
 
-METHOD_FIELDS = ("optimizer", "grapes", "lr", "momentum", "lr_matched", "grapes_lower",
-                 "grapes_bits", "grapes_ideal_read")
-"""Settings that define the learning method compared within each context."""
-
-IGNORED_FIELDS = ("seed", "data_dir", "download", "lr_effective", "lr_scale")
-"""Settings never used for grouping (seeds are what mean/std run over)."""
-
-FINISHED = ("ok", "diverged")
-"""Statuses whose metrics enter the means (a diverged run keeps its best epoch before)."""
-
-
-# ---- helpers -------------------------------------------------------------------------------
-def _disp(v: Any) -> str:
-    if v is None:
-        return "none"
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, (list, tuple)):
-        return "-".join(_disp(x) for x in v)
-    if isinstance(v, float):
-        return f"{v:g}"
-    if isinstance(v, dict):
-        return json.dumps(v, sort_keys=True)
-    return str(v)
+OUTPUTS = ("summary.csv", "learning_curves.csv", "flagged_runs.csv", "comparisons.csv",
+           "acc_vs_bits.csv", "acc_vs_noise.csv", "drift.csv", "best_test_acc.png",
+           "slowness.png", "learning_curves.png", "pulses.png", "optimizer_memory.png",
+           "acc_vs_bits.png", "acc_vs_noise.png", "drift.png")
+"""Every file besides report.md a report may write (stale ones are removed)."""
 
 
-def _natural(s: str):
-    return [(0, float(t), "") if re.fullmatch(r"\d+(\.\d+)?", t) else (1, 0.0, t)
-            for t in re.findall(r"\d+(?:\.\d+)?|\D+", s)]
-
-
-def _fnum(v: Any) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return math.nan
-    return f
-
-
-def mean_std(values: list[float]) -> tuple[float, float, int]:
-    """Mean and sample std (ddof=1; nan for a single value) over the finite values."""
-    a = np.array([v for v in (_fnum(x) for x in values) if math.isfinite(v)], dtype=float)
-    if a.size == 0:
-        return math.nan, math.nan, 0
-    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else math.nan, int(a.size)
-
-
+# ---- tables --------------------------------------------------------------------------------
 def _fmt(m: float, s: float, digits: int = 4) -> str:
     if not math.isfinite(m):
         return "–"
@@ -102,134 +76,36 @@ def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
             w.writerow([_csv_num(v) for v in r])
 
 
-def device_bits(run: dict) -> float | None:
-    dm = run.get("device_model") or {}
-    params = dm.get("params") or {}
-    bits = params.get("bits")
-    return float(bits) if isinstance(bits, (int, float)) and not isinstance(bits, bool) else None
+def _md_table(header: list[str], rows: list[list[Any]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(out)
 
 
-def device_noise(run: dict) -> tuple[float, float]:
-    """(read_sigma, write_sigma) of the run's device model; 0 where it has no noise."""
-    noise = (run.get("device_model") or {}).get("noise") or {}
-    return (_fnum(noise.get("read_sigma") or 0.0), _fnum(noise.get("write_sigma") or 0.0))
+SUMMARY_METRICS = ("best_test_acc", "final_test_acc", "slowness", "pulses_total",
+                   "optimizer_state_bytes", "seconds_total")
 
 
-def _is_float_device(run: dict) -> bool:
-    return (run.get("device_model") or {}).get("backend") == "float"
+def summary_rows(an: Analysis) -> tuple[list[str], list[list[Any]]]:
+    header = [*an.group_fields, "n_runs", "n_ok", "n_diverged", "n_error", "n_flagged",
+              "pulses_unit"]
+    for m in SUMMARY_METRICS:
+        header += [f"{m}_mean", f"{m}_std", f"{m}_n"]
+    rows = []
+    for g in an.groups:
+        units = sorted({r["pulses_unit"] for r in g.finished()})
+        row: list[Any] = [*g.values.values(), len(g.runs), g.count("ok"), g.count("diverged"),
+                          g.count("error"), len(g.flagged()), " / ".join(units)]
+        for m in SUMMARY_METRICS:
+            row += list(g.stat(m))
+        rows.append(row)
+    return header, rows
 
 
-# ---- grouping ------------------------------------------------------------------------------
-@dataclass
-class Group:
-    values: dict[str, str]
-    """Group field -> display value."""
-    runs: list[dict] = field(default_factory=list)
-    context: tuple = ()
-    method: tuple = ()
-
-    def finished(self) -> list[dict]:
-        return [r for r in self.runs if r.get("status") in FINISHED]
-
-    def count(self, status: str) -> int:
-        return sum(1 for r in self.runs if r.get("status") == status)
-
-    def stat(self, metric: str) -> tuple[float, float, int]:
-        return mean_std([r.get(metric) for r in self.finished()])
-
-    def values_of(self, metric: str) -> list[float]:
-        return [v for v in (_fnum(r.get(metric)) for r in self.finished()) if math.isfinite(v)]
-
-
-@dataclass
-class Analysis:
-    runs: list[dict]
-    groups: list[Group]
-    group_fields: list[str]
-    method_fields: list[str]
-    context_fields: list[str]
-    fixed: dict[str, str]
-    study: dict | None
-    warnings: list[str]
-
-    def method_label(self, g: Group) -> str:
-        return method_label(dict(zip(self.method_fields, g.method, strict=False)))
-
-    def context_label(self, g: Group) -> str:
-        pairs = zip(self.context_fields, g.context, strict=True)
-        return " ".join(f"{k}={v}" for k, v in pairs) or "all runs"
-
-
-def method_label(m: dict[str, str]) -> str:
-    """e.g. ``momentum + GRAPES (propagating), lr=0.01``."""
-    if not m:
-        return "all"
-    head = m.get("optimizer") or ""
-    grapes = m.get("grapes")
-    if grapes is not None and grapes != "off":
-        head = f"{head} + GRAPES ({grapes})" if head else f"GRAPES ({grapes})"
-    elif grapes == "off" and not head:
-        head = "no GRAPES"
-    if m.get("lr_matched") == "true":
-        head += " (lr-matched control)"
-    rest = [f"{k}={v}" for k, v in m.items() if k not in ("optimizer", "grapes", "lr_matched")]
-    return ", ".join(p for p in [head, *rest] if p)
-
-
-def _run_fields(run: dict) -> dict[str, str]:
-    cfg = run.get("config") or {}
-    flat = _flat_config(cfg)
-    return {k: _disp(v) for k, v in flat.items() if k not in IGNORED_FIELDS}
-
-
-def analyse(runs: list[dict], study: dict | None = None,
-            warnings: list[str] | None = None) -> Analysis:
-    fields_per_run = [_run_fields(r) for r in runs]
-    names: list[str] = []
-    for f in fields_per_run:
-        for k in f:
-            if k not in names:
-                names.append(k)
-    varying = [k for k in names if len({f.get(k, "none") for f in fields_per_run}) > 1]
-    fixed = {k: fields_per_run[0].get(k, "none") for k in names if k not in varying} \
-        if fields_per_run else {}
-    method_fields = [k for k in METHOD_FIELDS if k in varying]
-    context_fields = [k for k in varying if k not in method_fields]
-    group_fields = context_fields + method_fields
-    by_key: dict[tuple, Group] = {}
-    for r, f in zip(runs, fields_per_run, strict=False):
-        vals = tuple(f.get(k, "none") for k in group_fields)
-        g = by_key.get(vals)
-        if g is None:
-            g = by_key[vals] = Group(dict(zip(group_fields, vals, strict=False)))
-            g.context = vals[:len(context_fields)]
-            g.method = vals[len(context_fields):]
-        g.runs.append(r)
-    groups = sorted(by_key.values(),
-                    key=lambda g: [_natural(v) for v in (*g.context, *g.method)])
-    return Analysis(runs, groups, group_fields, method_fields, context_fields, fixed, study,
-                    list(warnings or []))
-
-
-def load(dir_: str | Path) -> Analysis:
-    d = Path(dir_)
-    if not d.is_dir():
-        raise ConfigError("DIR", f"not a directory: {d}")
-    path = d / RUNS_FILE
-    if not path.is_file():
-        raise ConfigError("DIR", f"no {RUNS_FILE} in {d}; run 'grapes-hw sweep' first")
-    records, warnings = read_runs(path)
-    runs = list(latest_by_key(records).values())
-    if not runs:
-        raise ConfigError("DIR", f"{path} holds no results yet")
-    study = None
-    sp = d / STUDY_FILE
-    if sp.is_file():
-        try:
-            study = json.loads(sp.read_text())
-        except ValueError:
-            warnings.append(f"{sp}: not valid JSON; ignored")
-    return analyse(runs, study, warnings)
+def flag_rows(an: Analysis) -> list[list[Any]]:
+    return [[*an.group_of(r).values.values(), (r.get("config") or {}).get("seed"), r.get("key"),
+             r.get("status"), flag, detail]
+            for r in an.runs for flag, detail in r["flags"]]
 
 
 # ---- comparisons ---------------------------------------------------------------------------
@@ -245,16 +121,21 @@ class Comparison:
     p: float
     verdict: str
     optimizer: str = ""
+    slowness: tuple[float, float, int, int, float] = (math.nan, math.nan, 0, 0, math.nan)
+    """Accepted fits only: mean, baseline mean, n, baseline n, Welch p."""
 
 
-def _welch(a: list[float], b: list[float]) -> float:
-    if len(a) < 2 or len(b) < 2:
-        return math.nan
-    if np.std(a) == 0 and np.std(b) == 0:
-        return 0.0 if np.mean(a) != np.mean(b) else 1.0
-    from scipy import stats
-
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+def _verdict(ma: float, mb: float, p: float, n: int, nb: int, bl: str, alpha: float) -> str:
+    diff = 100 * (ma - mb)
+    if ma > mb and math.isfinite(p) and p < alpha:
+        return f"beats {bl} (+{diff:.2f} pp, Welch p={p:.3g})"
+    if ma > mb and math.isfinite(p):
+        return f"does not significantly beat {bl} (+{diff:.2f} pp, Welch p={p:.3g}, n={n} vs {nb})"
+    if ma > mb:
+        return (f"has a higher mean than {bl} (+{diff:.2f} pp) but with n={n} vs {nb} no "
+                "significance test is possible")
+    return f"does not beat {bl} ({diff:+.2f} pp" + (f", Welch p={p:.3g})" if math.isfinite(p)
+                                                   else ")")
 
 
 def grapes_comparisons(an: Analysis, alpha: float = 0.05) -> list[Comparison]:
@@ -268,414 +149,95 @@ def grapes_comparisons(an: Analysis, alpha: float = 0.05) -> list[Comparison]:
     for g in an.groups:
         if g.method[gi] == "off":
             continue
-        bases = []
         m = list(g.method)
         m[gi] = "off"
-        if (g.context, tuple(m)) in index:
-            bases.append(index[(g.context, tuple(m))])
+        bases = [index[(g.context, tuple(m))]] if (g.context, tuple(m)) in index else []
         if li is not None:
-            for other in an.groups:  # the lr-matched control may use its own lr
-                if other.context == g.context and other.method[gi] == "off" \
-                        and other.method[li] == "true" and other not in bases:
-                    bases.append(other)
+            bases += [o for o in an.groups if o.context == g.context and o.method[gi] == "off"
+                      and o.method[li] == "true" and o not in bases]
+        opt = str((g.runs[0].get("config") or {}).get("optimizer", ""))
         for b in bases:
+            if str((b.runs[0].get("config") or {}).get("optimizer", "")) != opt:
+                continue
             a_vals, b_vals = g.values_of("best_test_acc"), b.values_of("best_test_acc")
             if not a_vals or not b_vals:
                 continue
             ma, mb = float(np.mean(a_vals)), float(np.mean(b_vals))
-            p = _welch(a_vals, b_vals)
-            diff = 100 * (ma - mb)
+            p = welch_p(a_vals, b_vals)
             bl = an.method_label(b)
-            if ma > mb and math.isfinite(p) and p < alpha:
-                verdict = f"beats {bl} (+{diff:.2f} pp, Welch p={p:.3g})"
-            elif ma > mb and math.isfinite(p):
-                verdict = (f"does not significantly beat {bl} (+{diff:.2f} pp, Welch p={p:.3g}, "
-                           f"n={len(a_vals)} vs {len(b_vals)})")
-            elif ma > mb:
-                verdict = (f"has a higher mean than {bl} (+{diff:.2f} pp) but with n="
-                           f"{len(a_vals)} vs {len(b_vals)} no significance test is possible")
-            else:
-                verdict = (f"does not beat {bl} ({diff:+.2f} pp"
-                           + (f", Welch p={p:.3g})" if math.isfinite(p) else ")"))
-            opt = str((g.runs[0].get("config") or {}).get("optimizer", ""))
-            base_opt = str((b.runs[0].get("config") or {}).get("optimizer", ""))
-            if base_opt != opt:
-                continue
+            sa, sb = g.values_of("slowness"), b.values_of("slowness")
+            slow = (float(np.mean(sa)) if sa else math.nan, float(np.mean(sb)) if sb else math.nan,
+                    len(sa), len(sb), welch_p(sa, sb))
             out.append(Comparison(an.context_label(g), an.method_label(g), bl, ma, mb,
-                                  len(a_vals), len(b_vals), p, verdict, opt))
+                                  len(a_vals), len(b_vals), p,
+                                  _verdict(ma, mb, p, len(a_vals), len(b_vals), bl, alpha),
+                                  opt, slow))
     return out
-
-
-# ---- plots ---------------------------------------------------------------------------------
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _contexts(an: Analysis) -> list[tuple]:
-    out: list[tuple] = []
-    for g in an.groups:
-        if g.context not in out:
-            out.append(g.context)
-    return out
-
-
-def _methods(an: Analysis) -> list[tuple]:
-    out: list[tuple] = []
-    for g in an.groups:
-        if g.method not in out:
-            out.append(g.method)
-    return out
-
-
-def _colors(n: int):
-    plt = _plt()
-    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
-    return [cmap(i % cmap.N) for i in range(n)]
-
-
-def bar_plot(an: Analysis, metric: str, path: Path, ylabel: str, log: bool = False,
-             title: str = "") -> None:
-    """Grouped bars: contexts along x, one bar per method, error bar = std over seeds."""
-    plt = _plt()
-    ctxs, meths = _contexts(an), _methods(an)
-    index = {(g.context, g.method): g for g in an.groups}
-    width = 0.8 / max(len(meths), 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(ctxs) * max(1, len(meths)) * 0.45 + 3),
-                                    4.2))
-    colors = _colors(len(meths))
-    for j, m in enumerate(meths):
-        xs, ys, es = [], [], []
-        for i, c in enumerate(ctxs):
-            g = index.get((c, m))
-            if g is None:
-                continue
-            mu, sd, n = g.stat(metric)
-            if n == 0:
-                continue
-            xs.append(i + (j - (len(meths) - 1) / 2) * width)
-            ys.append(mu)
-            es.append(sd if math.isfinite(sd) else 0.0)
-        label = method_label(dict(zip(an.method_fields, m, strict=False)))
-        ax.bar(xs, ys, width, yerr=es, capsize=2, label=label, color=colors[j])
-    ax.set_xticks(range(len(ctxs)))
-    ax.set_xticklabels([" ".join(c) or "all" for c in ctxs], rotation=45 if len(ctxs) > 4 else 0,
-                       ha="right" if len(ctxs) > 4 else "center", fontsize=8)
-    ax.set_ylabel(ylabel)
-    if log and any(g.stat(metric)[0] > 0 for g in an.groups):
-        ax.set_yscale("log")
-    if title:
-        ax.set_title(title, fontsize=10)
-    if len(meths) > 1:
-        ax.legend(fontsize=7)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _grid(n: int):
-    cols = min(4, max(1, n))
-    rows = math.ceil(n / cols)
-    return rows, cols
-
-
-def learning_curves(an: Analysis, path: Path) -> list[list[Any]]:
-    """Mean test accuracy per epoch per group (one panel per context); returns CSV rows."""
-    plt = _plt()
-    from matplotlib.ticker import MaxNLocator
-
-    ctxs, meths = _contexts(an), _methods(an)
-    colors = dict(zip(meths, _colors(len(meths)), strict=False))
-    rows_csv: list[list[Any]] = []
-    r, c = _grid(len(ctxs))
-    fig, axes = plt.subplots(r, c, figsize=(4 * c, 3.2 * r), squeeze=False)
-    for i, ctx in enumerate(ctxs):
-        ax = axes[i // c][i % c]
-        for g in an.groups:
-            if g.context != ctx:
-                continue
-            per_epoch: dict[int, list[float]] = defaultdict(list)
-            for run in g.finished():
-                for e in run.get("epochs") or []:
-                    v = _fnum(e.get("test_acc"))
-                    if math.isfinite(v):
-                        per_epoch[int(e["epoch"])].append(v)
-            if not per_epoch:
-                continue
-            ep = sorted(per_epoch)
-            stats = [mean_std(per_epoch[k]) for k in ep]
-            mu = np.array([s[0] for s in stats])
-            sd = np.array([s[1] if math.isfinite(s[1]) else 0.0 for s in stats])
-            ax.plot(ep, mu, marker="." if len(ep) < 30 else None, color=colors[g.method],
-                    label=an.method_label(g))
-            ax.fill_between(ep, mu - sd, mu + sd, color=colors[g.method], alpha=0.15)
-            for k, s in zip(ep, stats, strict=False):
-                rows_csv.append([*g.values.values(), k, s[0], s[1], s[2]])
-        ax.set_title(" ".join(ctx) or "all runs", fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel("test accuracy")
-        ax.grid(alpha=0.3)
-        if i == 0 and len(meths) > 1:
-            ax.legend(fontsize=7)
-    for j in range(len(ctxs), r * c):
-        axes[j // c][j % c].axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return rows_csv
-
-
-def _series_label(an: Analysis, g: Group, drop: tuple[str, ...]) -> str:
-    pairs = zip(an.context_fields, g.context, strict=True)
-    extra = [f"{k}={v}" for k, v in pairs if k not in drop]
-    return ", ".join([an.method_label(g), *extra])
-
-
-def acc_vs_bits(an: Analysis, path: Path) -> list[list[Any]] | None:
-    """Best test accuracy vs weight bits, a line per method (and rounding etc.)."""
-    fixed_runs = [r for r in an.runs if device_bits(r) is not None and r.get("status") in FINISHED]
-    if not fixed_runs:
-        return None
-    # Device parameters other than bits that vary (e.g. rounding) split the lines.
-    params_of = {id(r): {k: _disp(v) for k, v in
-                         ((r.get("device_model") or {}).get("params") or {}).items()
-                         if k != "bits"} for r in fixed_runs}
-    keys = sorted({k for p in params_of.values() for k in p})
-    split = [k for k in keys if len({p.get(k) for p in params_of.values()}) > 1]
-    noise_varies = len({device_noise(r) for r in fixed_runs}) > 1
-    # Colour = method (and other context), line style = rounding etc.
-    series: dict[tuple[str, str], dict[float, list[float]]] = defaultdict(
-        lambda: defaultdict(list))
-    group_of = {id(r): g for g in an.groups for r in g.runs}
-    for r in fixed_runs:
-        g = group_of[id(r)]
-        lab = _series_label(an, g, ("backend",))
-        extra = [f"{k}={params_of[id(r)].get(k)}" for k in split]
-        if noise_varies:
-            rs, ws = device_noise(r)
-            extra.append(f"read σ={rs:g}, write σ={ws:g}")
-        series[(lab, ", ".join(extra))][device_bits(r)].append(_fnum(r.get("best_test_acc")))
-    floats: dict[str, list[float]] = defaultdict(list)
-    for r in an.runs:
-        if _is_float_device(r) and r.get("status") in FINISHED and device_noise(r) == (0.0, 0.0):
-            floats[_series_label(an, group_of[id(r)], ("backend",))].append(
-                _fnum(r.get("best_test_acc")))
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    bases = sorted({b for b, _ in series} | set(floats), key=_natural)
-    colors = dict(zip(bases, _colors(len(bases)), strict=False))
-    variants = sorted({v for _, v in series}, key=_natural)
-    styles = dict(zip(variants, ["-", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1))] * 8, strict=False))
-    markers = dict(zip(variants, ["o", "s", "^", "v", "D"] * 8, strict=False))
-    rows = []
-    all_bits: set[float] = set()
-    for key in sorted(series, key=lambda k: (_natural(k[0]), _natural(k[1]))):
-        base, var = key
-        name = ", ".join(p for p in key if p)
-        pts = series[key]
-        bits = sorted(pts)
-        all_bits.update(bits)
-        stats = [mean_std(pts[b]) for b in bits]
-        ax.errorbar(bits, [s[0] for s in stats],
-                    yerr=[s[1] if math.isfinite(s[1]) else 0 for s in stats],
-                    marker=markers[var], ls=styles[var], capsize=3, label=name,
-                    color=colors[base])
-        rows += [[name, b, *s] for b, s in zip(bits, stats, strict=False)]
-    for name, vals in floats.items():
-        mu, sd, n = mean_std(vals)
-        if n:
-            ax.axhline(mu, ls="--", lw=1, color=colors[name], alpha=0.8,
-                       label=f"{name}, float32 reference")
-            rows.append([f"{name}, float32", 32, mu, sd, n])
-    ax.set_xticks(sorted(all_bits))
-    ax.set_xlabel("weight bits (fixed point)")
-    ax.set_ylabel("best test accuracy")
-    ax.set_title("Accuracy vs weight precision (mean ± std over seeds)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return rows
-
-
-def acc_vs_noise(an: Analysis, path: Path) -> list[list[Any]] | None:
-    """Best test accuracy vs read and write noise sigma, a line per method and device."""
-    fin = [r for r in an.runs if r.get("status") in FINISHED]
-    if not any(device_noise(r) != (0.0, 0.0) for r in fin):
-        return None
-    group_of = {id(r): g for g in an.groups for r in g.runs}
-
-    def device_base(r: dict) -> str:
-        b = device_bits(r)
-        kind = (r.get("device_model") or {}).get("backend", "?")
-        return f"{kind}{int(b)}" if b is not None else kind
-
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), squeeze=False)
-    rows = []
-    for ax, which, other in ((axes[0][0], 0, 1), (axes[0][1], 1, 0)):
-        series: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
-        for r in fin:
-            sig = device_noise(r)
-            if sig[other] != 0.0:
-                continue
-            name = f"{_series_label(an, group_of[id(r)], ('backend',))}, {device_base(r)}"
-            series[name][sig[which]].append(_fnum(r.get("best_test_acc")))
-        names = sorted(series, key=_natural)
-        colors = dict(zip(names, _colors(len(names)), strict=False))
-        for name in names:
-            xs = sorted(series[name])
-            if len(xs) < 2:
-                continue
-            stats = [mean_std(series[name][x]) for x in xs]
-            ax.errorbar([100 * x for x in xs], [s[0] for s in stats],
-                        yerr=[s[1] if math.isfinite(s[1]) else 0 for s in stats], marker="o",
-                        capsize=3, label=name, color=colors[name])
-            rows += [["read" if which == 0 else "write", name, x, *s]
-                     for x, s in zip(xs, stats, strict=False)]
-        ax.set_xlabel("read noise σ (% of the weight range)" if which == 0
-                      else "write noise σ (% of each update)")
-        ax.set_ylabel("best test accuracy")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return rows
-
-
-def drift_plot(an: Analysis, path: Path) -> list[list[Any]] | None:
-    """Test accuracy vs time after programming, a line per group and compensation setting."""
-    if not any(isinstance(r.get("drift"), list) and r["drift"] for r in an.runs):
-        return None
-    plt = _plt()
-    ctxs = [c for c in _contexts(an) if any(
-        g.context == c and any(r.get("drift") for r in g.runs) for g in an.groups)]
-    r_, c_ = _grid(len(ctxs))
-    fig, axes = plt.subplots(r_, c_, figsize=(5.5 * c_, 4.2 * r_), squeeze=False)
-    meths = _methods(an)
-    colors = dict(zip(meths, _colors(len(meths)), strict=True))
-    rows = []
-    for i, ctx in enumerate(ctxs):
-        ax = axes[i // c_][i % c_]
-        for g in an.groups:
-            if g.context != ctx:
-                continue
-            pts: dict[tuple, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
-            for run in g.finished():
-                for d in run.get("drift") or []:
-                    comp = d.get("compensation")
-                    t = _fnum(d.get("t_seconds"))
-                    if math.isfinite(t):
-                        pts[(comp,)][t].append(_fnum(d.get("test_acc")))
-            for (comp,), by_t in pts.items():
-                ts = sorted(by_t)
-                stats = [mean_std(by_t[t]) for t in ts]
-                lab = an.method_label(g) + ("" if comp is None else
-                                            f", compensation {'on' if comp else 'off'}")
-                ax.plot(ts, [s[0] for s in stats], marker="o" if comp else "s",
-                        ls="-" if comp or comp is None else "--", color=colors[g.method],
-                        label=lab)
-                rows += [[*g.values.values(), _disp(comp), t, *s]
-                         for t, s in zip(ts, stats, strict=True)]
-        ax.set_xscale("log")
-        ax.set_xlabel("time after programming (s)")
-        ax.set_ylabel("test accuracy")
-        ax.set_title(" ".join(ctx) or "all runs", fontsize=9)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6)
-    for j in range(len(ctxs), r_ * c_):
-        axes[j // c_][j % c_].axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return rows
 
 
 # ---- the report ----------------------------------------------------------------------------
-SUMMARY_METRICS = ("best_test_acc", "final_test_acc", "slowness", "pulses_total",
-                   "optimizer_state_bytes", "seconds_total")
-
-
-def summary_rows(an: Analysis) -> tuple[list[str], list[list[Any]]]:
-    header = [*an.group_fields, "n_runs", "n_ok", "n_diverged", "n_error"]
-    for m in SUMMARY_METRICS:
-        header += [f"{m}_mean", f"{m}_std", f"{m}_n"]
-    rows = []
-    for g in an.groups:
-        row: list[Any] = [*g.values.values(), len(g.runs), g.count("ok"), g.count("diverged"),
-                          g.count("error")]
-        for m in SUMMARY_METRICS:
-            row += list(g.stat(m))
-        rows.append(row)
-    return header, rows
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
-    return "\n".join(out)
-
-
 def write_report(dir_: str | Path) -> Path:
     """Write report.md, the CSV tables and the PNG plots into ``dir_``; return report.md."""
     d = Path(dir_)
     an = load(d)
+    fx = facts(an)
     files: list[str] = []
+    pngs: list[tuple[str, str]] = []
 
     header, rows = summary_rows(an)
     write_csv(d / "summary.csv", header, rows)
-    files.append("summary.csv")
+    write_csv(d / "flagged_runs.csv", [*an.group_fields, "seed", "key", "status", "flag",
+                                       "detail"], flag_rows(an))
+    files += ["summary.csv", "flagged_runs.csv"]
 
-    bar_plot(an, "best_test_acc", d / "best_test_acc.png", "best test accuracy",
-             title="Best test accuracy (mean ± std over seeds)")
-    bar_plot(an, "slowness", d / "slowness.png", "slowness (epochs to half plateau)",
-             title="Slowness of the plateau fit (lower is faster)")
-    bar_plot(an, "pulses_total", d / "pulses.png", "weight-update pulses (total)", log=True,
-             title="Write pulses per run")
-    bar_plot(an, "optimizer_state_bytes", d / "optimizer_memory.png",
-             "optimizer state (bytes)", title="Optimizer memory")
-    lc_rows = learning_curves(an, d / "learning_curves.png")
+    def png(name: str, caption: str, wrote: bool) -> None:
+        if wrote:
+            pngs.append((name, caption))
+
+    png("best_test_acc.png", "Best test accuracy per device and rule",
+        plots.metric_plot(an, fx, "best_test_acc", d / "best_test_acc.png",
+                          "best test accuracy", "Best test accuracy", chance=_chance(an)))
+    png("slowness.png", "Plateau-fit slowness (accepted fits only; lower is faster)",
+        plots.metric_plot(an, fx, "slowness", d / "slowness.png",
+                          "slowness (epochs to half plateau)",
+                          "Slowness of the plateau fit, accepted fits only (lower is faster)"))
+    lc_rows = plots.learning_curves(an, fx, d / "learning_curves.png")
+    png("learning_curves.png", "Learning curves (mean test accuracy per epoch, band = ± std "
+        "over seeds where n > 1; data in `learning_curves.csv`)", True)
     write_csv(d / "learning_curves.csv", [*an.group_fields, "epoch", "test_acc_mean",
                                           "test_acc_std", "n"], lc_rows)
-    files += ["best_test_acc.png", "slowness.png", "learning_curves.png", "learning_curves.csv",
-              "pulses.png", "optimizer_memory.png"]
-    extra_plots = []
-    bits_rows = acc_vs_bits(an, d / "acc_vs_bits.png")
-    if bits_rows is not None:
-        write_csv(d / "acc_vs_bits.csv", ["series", "bits", "best_test_acc_mean",
-                                          "best_test_acc_std", "n"], bits_rows)
-        extra_plots.append(("Accuracy vs weight bits", "acc_vs_bits.png"))
-        files += ["acc_vs_bits.png", "acc_vs_bits.csv"]
-    noise_rows = acc_vs_noise(an, d / "acc_vs_noise.png")
-    if noise_rows is not None:
-        write_csv(d / "acc_vs_noise.csv", ["noise", "series", "sigma", "best_test_acc_mean",
-                                           "best_test_acc_std", "n"], noise_rows)
-        extra_plots.append(("Accuracy vs read / write noise", "acc_vs_noise.png"))
-        files += ["acc_vs_noise.png", "acc_vs_noise.csv"]
-    drift_rows = drift_plot(an, d / "drift.png")
-    if drift_rows is not None:
-        write_csv(d / "drift.csv", [*an.group_fields, "compensation", "t_seconds",
-                                    "test_acc_mean", "test_acc_std", "n"], drift_rows)
-        extra_plots.append(("Accuracy vs time after programming (drift)", "drift.png"))
-        files += ["drift.png", "drift.csv"]
+    files.append("learning_curves.csv")
+    extra = [("acc_vs_bits", plots.acc_vs_bits, ["series", "bits"], "Accuracy vs weight bits"),
+             ("acc_vs_noise", plots.acc_vs_noise, ["noise", "series", "sigma"],
+              "Accuracy vs read / write noise"),
+             ("drift", plots.drift_plot, [*an.group_fields, "compensation", "t_seconds"],
+              "Accuracy vs time after programming (drift)")]
+    for name, fn, cols, caption in extra:
+        ex_rows = fn(an, fx, d / f"{name}.png")
+        if ex_rows is not None:
+            mean = "test_acc" if name == "drift" else "best_test_acc"
+            write_csv(d / f"{name}.csv", [*cols, f"{mean}_mean", f"{mean}_std", "n"], ex_rows)
+            files.append(f"{name}.csv")
+            png(f"{name}.png", f"{caption} (data in `{name}.csv`)", True)
+    png("pulses.png", "Weight writes per run, in the unit each backend counts (float devices, "
+        "whose every update writes every weight, are left out)",
+        plots.pulses_plot(an, fx, d / "pulses.png"))
+    png("optimizer_memory.png", "Optimizer state per rule",
+        plots.memory_plot(an, fx, d / "optimizer_memory.png"))
     comps = grapes_comparisons(an)
-    write_csv(d / "comparisons.csv", ["context", "method", "baseline", "best_test_acc_mean",
-                                      "baseline_mean", "n", "n_baseline", "welch_p", "verdict"],
-              [[c.context, c.method, c.baseline, c.mean, c.mean_base, c.n, c.n_base, c.p,
-                c.verdict] for c in comps])
-    files.append("comparisons.csv")
+    if comps:
+        write_csv(d / "comparisons.csv",
+                  ["context", "method", "baseline", "best_test_acc_mean", "baseline_mean", "n",
+                   "n_baseline", "welch_p", "verdict", "slowness_mean", "baseline_slowness_mean",
+                   "slowness_n", "baseline_slowness_n", "slowness_welch_p"],
+                  [[c.context, c.method, c.baseline, c.mean, c.mean_base, c.n, c.n_base, c.p,
+                    c.verdict, *c.slowness] for c in comps])
+        files.append("comparisons.csv")
+    files += [name for name, _ in pngs]
+    for stale in set(OUTPUTS) - set(files):
+        (d / stale).unlink(missing_ok=True)
 
-    md = _markdown(an, comps, extra_plots, files)
+    md = _markdown(an, fx, comps, pngs, files)
     out = d / "report.md"
     tmp = d / "report.md.tmp"
     tmp.write_text(md)
@@ -683,137 +245,213 @@ def write_report(dir_: str | Path) -> Path:
     return out
 
 
-def _markdown(an: Analysis, comps: list[Comparison], extra_plots, files) -> str:
+def _chance(an: Analysis) -> float | None:
+    """1 / n_classes when every run has the same number of classes."""
+    ns = {n_classes(r) for r in an.runs}
+    return 1.0 / ns.pop() if len(ns) == 1 and None not in ns else None
+
+
+def _what_ran(an: Analysis, fx) -> list[str]:
     st = an.study or {}
-    name = st.get("name") or "sweep"
-    lines = [f"# Report: {name}{' (quick variant)' if st.get('quick') else ''}", ""]
-    if st.get("question"):
-        lines += [f"**Question.** {st['question']}", ""]
-    if st.get("description"):
-        lines += [st["description"], ""]
-    statuses = defaultdict(int)
-    for r in an.runs:
-        statuses[r.get("status", "?")] += 1
+    statuses = Counter(str(r.get("status", "?")) for r in an.runs)
     counts = ", ".join(f"{n} {k}" for k, n in sorted(statuses.items()))
-    lines.append(f"Runs with results: **{len(an.runs)}** ({counts}).")
+    lines = ["## What ran", "", "Read from the runs' own records:", "",
+             f"- Dataset: {'; '.join(fx.datasets)}",
+             f"- Network: {'; '.join(fx.networks)}",
+             f"- Epochs: {fx.epochs_text()}",
+             f"- Seeds: {ranges_text(fx.seeds)}",
+             f"- Cells (groups of runs that differ only in the seed): {fx.n_groups}, with "
+             f"{fx.n_text()} finished run{'s' if fx.n_per_cell[1] != 1 else ''} each",
+             f"- Runs with results: **{len(an.runs)}** ({counts})."]
     if st.get("runs") is not None:
         planned = {r["key"] for r in st["runs"]}
         have = {r["key"] for r in an.runs}
-        missing = planned - have
-        stale = have - planned
-        lines.append(f"The study plans {len(planned)} runs; "
+        missing, stale = planned - have, have - planned
+        lines.append(f"- The study plans {len(planned)} runs; "
                      + (f"**{len(missing)} have no result yet** (the sweep is not finished; "
                         "numbers below are partial)." if missing else "all have a result.")
                      + (f" {len(stale)} results are from runs no longer in the study file; "
                         "they are included." if stale else ""))
     lines.append("")
-    lines += ["Numbers are the paper's: the best test accuracy over the epochs of a run, "
-              "then mean ± sample standard deviation (ddof=1) over seeds; *slowness* is the "
-              "plateau-equation fit `acc(epoch) = max_acc * epoch / (slowness + epoch)`, epochs "
-              "to half the plateau, lower is faster. Diverged runs count with the best accuracy "
-              "they reached before diverging; runs that failed with an error are left out of "
-              "all means.", ""]
-    if an.fixed:
-        lines += ["## Settings shared by all runs", "",
-                  ", ".join(f"`{k}={v}`" for k, v in an.fixed.items()), ""]
-    for w in an.warnings:
-        lines.append(f"> warning: {w}")
-    if an.warnings:
-        lines.append("")
+    if st.get("question") or st.get("description"):
+        lines += ["## The study as planned", "", "From the study file (a plan, not a record; "
+                  "where it differs from *What ran*, the runs are right)"
+                  + (", **quick variant**" if st.get("quick") else "") + ":", ""]
+        if st.get("question"):
+            lines += [f"**Question.** {st['question']}", ""]
+        if st.get("description"):
+            lines += [f"*Description.* {st['description']}", ""]
+    return lines
 
-    # Summary table
-    lines += ["## Results per group", ""]
-    head = [*an.group_fields, "runs", "diverged", "errors", "best test acc", "slowness",
-            "final test acc", "pulses", "optimizer state (B)"]
+
+def ranges_text(seeds: list[int]) -> str:
+    from .report_analysis import ranges
+
+    return f"{ranges(seeds)} ({len(seeds)} seed{'s' if len(seeds) != 1 else ''})"
+
+
+def _slow_cell(g: Group) -> str:
+    sl, ss, k = g.stat("slowness")
+    n = len(g.finished())
+    if k == 0:
+        return "n/a" if n else "–"
+    return _fmt(sl, ss, 3) + (f" ({k} of {n} fits)" if k < n else "")
+
+
+def _results(an: Analysis) -> list[str]:
+    units = sorted({r["pulses_unit"] for r in an.runs if r.get("status") in FINISHED})
+    one_unit = len(units) == 1
+    head = [*an.group_fields, "runs", "n", "diverged", "errors", "flagged", "best test acc",
+            "final test acc", "slowness",
+            f"pulses ({units[0]})" if one_unit else "pulses", "optimizer state (B)"]
     rows = []
     for g in an.groups:
-        ba, bs, _ = g.stat("best_test_acc")
-        sl, ss, _ = g.stat("slowness")
+        ba, bs, n = g.stat("best_test_acc")
         fa, fs, _ = g.stat("final_test_acc")
         pu, _, _ = g.stat("pulses_total")
         mem, _, _ = g.stat("optimizer_state_bytes")
-        nd, ne = g.count("diverged"), g.count("error")
-        rows.append([*g.values.values(), len(g.runs), f"**{nd}**" if nd else "0",
-                     f"**{ne}**" if ne else "0", _fmt(ba, bs), _fmt(sl, ss, 2), _fmt(fa, fs),
-                     f"{pu:.3g}" if math.isfinite(pu) else "–",
+        nd, ne, nf = g.count("diverged"), g.count("error"), len(g.flagged())
+        g_units = sorted({r["pulses_unit"] for r in g.finished()})
+        pulses = f"{pu:.3g}" if math.isfinite(pu) else "–"
+        if not one_unit and g_units and math.isfinite(pu):
+            pulses += f" {' / '.join(g_units)}"
+        rows.append([*g.values.values(), len(g.runs), n, f"**{nd}**" if nd else "0",
+                     f"**{ne}**" if ne else "0", f"**{nf}**" if nf else "0", _fmt(ba, bs),
+                     _fmt(fa, fs), _slow_cell(g), pulses,
                      f"{mem:.0f}" if math.isfinite(mem) else "–"])
-    lines += [_md_table(head, rows), "", "Table as CSV: `summary.csv`.", ""]
+    return ["## Results per group", "", _md_table(head, rows), "",
+            "*n*: finished runs (ok or diverged) in the means. Table as CSV: `summary.csv`.", ""]
 
-    # Best method per context
-    if an.method_fields:
-        lines += ["## Best method per setting", ""]
-        ctxs = _contexts(an)
-        for ctx in ctxs:
-            gs = [g for g in an.groups if g.context == ctx and g.stat("best_test_acc")[2] > 0]
-            if not gs:
-                continue
-            best = max(gs, key=lambda g: g.stat("best_test_acc")[0])
-            mu, sd, n = best.stat("best_test_acc")
-            pairs = zip(an.context_fields, ctx, strict=True)
-            ctx_label = " ".join(f"{k}={v}" for k, v in pairs) or "All runs"
-            runner = sorted(gs, key=lambda g: -g.stat("best_test_acc")[0])
-            tail = ""
-            if len(runner) > 1:
-                m2, s2, n2 = runner[1].stat("best_test_acc")
-                p = _welch(best.values_of("best_test_acc"), runner[1].values_of("best_test_acc"))
-                tail = (f"; next: {an.method_label(runner[1])} {_fmt(m2, s2)}"
-                        + (f" (Welch p={p:.3g}"
-                           + (", not a significant difference)" if p >= 0.05 else ")")
-                           if math.isfinite(p) else " (too few seeds for a test)"))
-            lines.append(f"- {ctx_label}: best is **{an.method_label(best)}** with "
-                         f"{_fmt(mu, sd)} (n={n}){tail}.")
-        lines.append("")
 
-    # GRAPES vs baselines
-    if comps:
-        wins = sum(c.verdict.startswith("beats") for c in comps)
-        higher = sum(not c.verdict.startswith("beats") and c.mean > c.mean_base for c in comps)
-        lines += ["## Does GRAPES beat its baseline?", "",
-                  f"Of {len(comps)} comparisons of a GRAPES variant with the same optimizer "
-                  f"without GRAPES, GRAPES is significantly better (Welch t-test over seeds, "
-                  f"p < 0.05) in **{wins}**, better on average but not significantly (or with "
-                  f"too few seeds to test) in {higher}, and **not better in "
-                  f"{len(comps) - wins - higher}**.", ""]
-        for c in comps:
-            lines.append(f"- {c.context}: {c.method} ({c.mean:.4f}, n={c.n}) {c.verdict}.")
-        losers = [c for c in comps if not c.verdict.startswith("beats") and c.optimizer == "sgd"]
-        if losers:
-            lines += ["", "GRAPES does not beat SGD (no significant gain) in: "
-                      + "; ".join(sorted({c.context for c in losers})) + "."]
-        lines += ["", "Table as CSV: `comparisons.csv`.", ""]
-    elif "grapes" in an.fixed:
-        lines += [f"(GRAPES is `{an.fixed['grapes']}` in every run: no GRAPES comparison.)", ""]
+def _best_per_setting(an: Analysis) -> list[str]:
+    if not an.method_fields:
+        return []
+    lines = ["## Best method per setting", ""]
+    for ctx in an.contexts():
+        gs = [g for g in an.groups if g.context == ctx and g.stat("best_test_acc")[2] > 0]
+        if not gs:
+            continue
+        ranked = sorted(gs, key=lambda g: -g.stat("best_test_acc")[0])
+        best = ranked[0]
+        mu, sd, n = best.stat("best_test_acc")
+        tail = ""
+        if len(ranked) > 1:
+            m2, s2, _ = ranked[1].stat("best_test_acc")
+            p = welch_p(best.values_of("best_test_acc"), ranked[1].values_of("best_test_acc"))
+            tail = (f"; next: {an.method_label(ranked[1])} {_fmt(m2, s2)}"
+                    + (f" (Welch p={p:.3g}" + (", not a significant difference)" if p >= 0.05
+                                               else ")")
+                       if math.isfinite(p) else " (too few seeds for a test)"))
+        label = an.context_label(best) if an.context_fields else "All runs"
+        if all(len(g.flagged("chance")) == len(g.finished()) for g in gs):
+            tail += " Every rule stays at chance level here: none learned"
+        lines.append(f"- {label}: best is **{an.method_label(best)}** with "
+                     f"{_fmt(mu, sd)} (n={n}){tail}.")
+    return [*lines, ""]
 
-    # Flagged runs
-    flagged = [r for r in an.runs if r.get("status") not in ("ok",)]
-    lines += ["## Flagged runs (diverged, error, other)", ""]
+
+def _grapes(an: Analysis, comps: list[Comparison]) -> list[str]:
+    if not comps:
+        return ([f"(GRAPES is `{an.fixed['grapes']}` in every run: no GRAPES comparison.)", ""]
+                if "grapes" in an.fixed else [])
+    wins = sum(c.verdict.startswith("beats") for c in comps)
+    higher = sum(not c.verdict.startswith("beats") and c.mean > c.mean_base for c in comps)
+    lines = ["## Does GRAPES beat its baseline?", "",
+             f"Of {len(comps)} comparisons of a GRAPES variant with the same optimizer "
+             f"without GRAPES, GRAPES is significantly better (Welch t-test over seeds, "
+             f"p < 0.05) in **{wins}**, better on average but not significantly (or with "
+             f"too few seeds to test) in {higher}, and **not better in "
+             f"{len(comps) - wins - higher}**. Slowness is compared over accepted plateau "
+             "fits only.", ""]
+    for c in comps:
+        s, sb, k, kb, ps = c.slowness
+        slow = (f"slowness {s:.3f} vs {sb:.3f} (n={k} vs {kb}"
+                + (f", Welch p={ps:.3g})" if math.isfinite(ps) else ")")
+                if k and kb else "slowness n/a (no accepted fit on one side)")
+        lines.append(f"- {c.context}: {c.method} ({c.mean:.4f}, n={c.n}) {c.verdict}; {slow}.")
+    losers = [c for c in comps if not c.verdict.startswith("beats") and c.optimizer == "sgd"]
+    if losers:
+        lines += ["", "GRAPES does not beat SGD (no significant gain) in: "
+                  + "; ".join(dict.fromkeys(c.context for c in losers)) + "."]
+    return [*lines, "", "Table as CSV: `comparisons.csv`.", ""]
+
+
+_FIT_REASONS = (("need at least", "too few epochs"), ("chance level", "curve at chance level"),
+                ("max accuracy", "fitted max accuracy > 1"), ("negative", "negative slowness"),
+                ("beyond", f"slowness beyond {MAX_SLOWNESS_FACTOR:g}x the epochs run"),
+                ("within rounding", "slowness 0 within rounding (fit on its bound)"))
+
+
+def _fit_reason(detail: str) -> str:
+    return next((name for key, name in _FIT_REASONS if key in detail), "fit failed")
+
+
+def _flagged(an: Analysis) -> list[str]:
+    lines = ["## Flagged runs", "",
+             "A run is flagged when it failed (error), diverged, stayed at chance level (best "
+             f"test accuracy <= 1/n_classes + {CHANCE_MARGIN:g}, i.e. 0.15 for 10 classes), "
+             "wrote 0 pulses on a device that must write (fixed point; pulsed analog tiles) "
+             "although epochs ran, or has a rejected plateau fit. A fit is rejected (shown as "
+             "n/a, left out of slowness means, plots and comparisons) with fewer than "
+             f"{MIN_EPOCHS} epochs, a fitted max accuracy above 1, a negative slowness, a "
+             f"slowness beyond {MAX_SLOWNESS_FACTOR:g}x the epochs run, a curve at chance level, "
+             f"or a slowness below {SLOWNESS_ZERO:g} epochs (0 within rounding: the fit sits on "
+             "its bound, as for a flat, falling or erratic curve). "
+             "The fits are re-done from each run's stored test "
+             "accuracies under these rules (a stored fit of an older version is not used).", ""]
+    flagged = [r for r in an.runs if r["flags"]]
     if not flagged:
-        lines += ["None: every run finished without diverging.", ""]
-    else:
-        for r in sorted(flagged, key=lambda r: (r.get("status", ""), r.get("key", ""))):
-            f = _run_fields(r)
-            lab = " ".join(f"{k}={f.get(k)}" for k in an.group_fields) or "-"
-            seed = (r.get("config") or {}).get("seed")
-            why = ""
-            if r.get("status") == "diverged":
-                why = f"diverged in epoch {r.get('diverged_epoch')}"
-            elif r.get("status") == "error":
-                last = (r.get("error") or "").strip().splitlines()[-1:] or ["?"]
-                why = f"error: `{last[0][:200]}`"
-            lines.append(f"- `{r.get('key')}` {lab} seed={seed}: **{r.get('status')}** {why}")
+        return [*lines, "None: every run finished, learned, wrote and has an accepted fit.", ""]
+    lines += [f"**{len(flagged)} of {len(an.runs)} runs flagged** (each in "
+              "`flagged_runs.csv`):", ""]
+    kinds = ("chance", "zero pulses", "diverged", "error", "fit rejected")
+    head = [*an.group_fields, "runs", "flagged", "at chance", "zero pulses", "diverged",
+            "errors", "fit rejected"]
+    rows = [[*g.values.values(), len(g.runs), len(g.flagged()),
+             *(len(g.flagged(k)) for k in kinds)] for g in an.groups if g.flagged()]
+    lines += [_md_table(head, rows), ""]
+    reasons = Counter(_fit_reason(d) for r in an.runs for f, d in r["flags"]
+                      if f == "fit rejected")
+    if reasons:
+        lines += ["Plateau fits rejected: " + ", ".join(f"{n} {why}" for why, n in
+                                                         reasons.most_common()) + ".", ""]
+    worst = [r for r in flagged if any(f not in ("chance", "zero pulses", "fit rejected")
+                                       for f, _ in r["flags"])]
+    if worst:
+        lines += ["Runs that failed or diverged:", ""]
+        for r in sorted(worst, key=lambda r: (str(r.get("status")), str(r.get("key")))):
+            lab = " ".join(f"{k}={v}" for k, v in an.group_of(r).values.items()) or "-"
+            why = "; ".join(f"error: `{d}`" if f == "error" else d if f == "diverged"
+                            else f"{f}: {d}" for f, d in r["flags"])
+            lines.append(f"- `{r.get('key')}` {lab} seed={(r.get('config') or {}).get('seed')}:"
+                         f" **{r.get('status')}** {why}")
         lines.append("")
+    return lines
 
-    # Plots
-    lines += ["## Plots", "",
-              "![best test accuracy](best_test_acc.png)", "",
-              "![slowness](slowness.png)", "",
-              "Learning curves (mean test accuracy per epoch, band = ± std over seeds; data in "
-              "`learning_curves.csv`):", "", "![learning curves](learning_curves.png)", ""]
-    for title, png in extra_plots:
-        lines += [f"{title} (data in `{png[:-4]}.csv`):", "", f"![{title}]({png})", ""]
-    lines += ["Weight-update pulses and optimizer memory per method:", "",
-              "![pulses](pulses.png)", "", "![optimizer memory](optimizer_memory.png)", ""]
-    lines += ["Files: " + ", ".join(f"`{f}`" for f in files) + ".", ""]
+
+def _markdown(an: Analysis, fx, comps: list[Comparison], pngs, files) -> str:
+    st = an.study or {}
+    title = f"# Report: {st.get('name') or 'sweep'}{' (quick variant)' if st.get('quick') else ''}"
+    lines = [title, "", f"*{fx.line()}.*", "", *_what_ran(an, fx)]
+    lines += ["Numbers are the paper's: the best test accuracy over the epochs of a run, "
+              "then mean ± sample standard deviation (ddof=1) over seeds; *slowness* is the "
+              "plateau-equation fit `acc(epoch) = max_acc * epoch / (slowness + epoch)`, epochs "
+              "to half the plateau, lower is faster (accepted fits only, see *Flagged runs*). "
+              "Diverged runs count with the best accuracy they reached before diverging; runs "
+              "that failed with an error are left out of all means. *pulses* are in the unit "
+              "the device's backend counts: `writes` (float: every weight at every update), "
+              "`cells changed` (fixed point), `estimated programming steps` (aihwkit analog "
+              "tiles, |dW| / dw_min per write).", ""]
+    if an.fixed:
+        lines += ["## Settings shared by all runs", "",
+                  ", ".join(f"`{k}={v}`" for k, v in an.fixed.items()), ""]
+    lines += [f"> warning: {w}" for w in an.warnings] + ([""] if an.warnings else [])
+    lines += _results(an) + _best_per_setting(an) + _grapes(an, comps) + _flagged(an)
+    lines += ["## Plots", "", "One colour and marker per rule in every figure; error bars "
+              "(± std over seeds) only where n > 1.", ""]
+    for png, caption in pngs:
+        lines += [f"{caption}:", "", f"![{caption.split(' (')[0]}]({png})", ""]
+    lines += ["Files: " + ", ".join(f"`{f}`" for f in ["report.md", *files]) + ".", ""]
     return "\n".join(lines)
 
 
@@ -828,3 +466,5 @@ def cmd_report(args) -> int:
     out = write_report(args.dir)
     print(f"wrote {out}")
     return 0
+
+

@@ -1,15 +1,20 @@
-"""Reports from a hand-made runs.jsonl: plots exist, CSV numbers are the right means/stds."""
+"""Reports from a hand-made runs.jsonl: what ran, flags, table cells and Welch p values
+checked against values computed here (statistics, scipy), plots written only with data."""
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from grapes_hw.cli import main
+from grapes_hw.metrics import plateau
 from grapes_hw.report import write_report
 
 DEVICES = {
@@ -19,6 +24,8 @@ DEVICES = {
     "fixed4": {"backend": "fixed", "params": {"bits": 4, "rounding": "stochastic"},
                "noise": None},
     "fixed4-nearest": {"backend": "fixed", "params": {"bits": 4, "rounding": "nearest"},
+                       "noise": None},
+    "fixed2-nearest": {"backend": "fixed", "params": {"bits": 2, "rounding": "nearest"},
                        "noise": None},
     "float32-read10": {"backend": "float", "params": {"dtype": "float32"},
                        "noise": {"read_sigma": 0.1, "write_sigma": 0.0}},
@@ -30,50 +37,94 @@ BASE_ACC = {"float32": 0.88, "fixed8": 0.87, "fixed4": 0.80, "fixed4-nearest": 0
             "float32-read10": 0.84, "float32-write5": 0.86}
 # SGD + GRAPES is better than SGD on float32, worse on fixed4 (the report must say so).
 METHOD_DELTA = {("float32", "sgd", "propagating"): 0.02, ("fixed4", "sgd", "propagating"): -0.03}
+EPOCHS = 10
+STEEP = "float32-write5-momentum-off-1"
+"""A run whose curve is still rising linearly: its fitted max accuracy is > 1 (rejected)."""
+WIDTHS = (64, 16, 10)  # digits: 64 inputs, one hidden layer of 16, 10 classes
+
+
+def true_slowness(backend: str, grapes: str, seed: int) -> float:
+    return 0.3 + 0.1 * seed + (0.2 if grapes != "off" else 0.0)
 
 
 def make_run(backend: str, opt: str, grapes: str, lr: float, seed: int) -> dict:
-    best = (BASE_ACC[backend] + METHOD_DELTA.get((backend, opt, grapes), 0.0)
-            + (0.01 if opt == "momentum" else 0.0) + 0.004 * ((seed * 7 + len(backend)) % 3))
-    curve = [best - 0.10, best - 0.02, best]
+    ep = np.arange(1, EPOCHS + 1)
+    if backend == "fixed2-nearest":  # never learns, never writes
+        curve, pulses = [0.1] * EPOCHS, 0
+    else:
+        best = (BASE_ACC[backend] + METHOD_DELTA.get((backend, opt, grapes), 0.0)
+                + (0.01 if opt == "momentum" else 0.0) + 0.004 * ((seed * 7 + len(backend)) % 3))
+        s = true_slowness(backend, grapes, seed)
+        curve = [float(v) for v in plateau(ep, best * (s + EPOCHS) / EPOCHS, s)]
+        pulses = 600 + 10 * seed
+    key = f"{backend}-{opt}-{grapes}-{seed}"
+    if key == STEEP:
+        curve = [float(v) for v in 0.08 * ep]
     run = {
-        "key": f"{backend}-{opt}-{grapes}-{seed}",
-        "config": {"dataset": "digits", "layers": [16], "backend": backend, "optimizer": opt,
-                   "grapes": grapes, "lr": lr, "momentum": 0.9, "seed": seed, "epochs": 3,
-                   "extra": {}, "lr_effective": lr, "lr_scale": 1.0},
+        "key": key,
+        "config": {"dataset": "digits", "layers": [WIDTHS[1]], "backend": backend,
+                   "optimizer": opt, "grapes": grapes, "lr": lr, "momentum": 0.9, "seed": seed,
+                   "epochs": EPOCHS, "extra": {}, "lr_effective": lr, "lr_scale": 1.0},
         "device_model": {"name": backend, **DEVICES[backend]},
+        "dataset": {"name": "digits", "source": "sklearn", "n_train": 1347, "n_test": 450,
+                    "n_val": 0},
+        "memory": {"n_weights": WIDTHS[0] * WIDTHS[1] + WIDTHS[1] * WIDTHS[2]},
         "epochs": [{"epoch": i + 1, "train_loss": 1.0 / (i + 1), "train_acc": a, "test_acc": a,
-                    "seconds": 0.1, "pulses": 100 * (i + 1)} for i, a in enumerate(curve)],
-        "best_test_acc": best, "final_test_acc": curve[-1],
-        "slowness": 0.3 + 0.1 * seed + (0.2 if grapes != "off" else 0.0),
+                    "seconds": 0.1, "pulses": pulses // EPOCHS} for i, a in enumerate(curve)],
+        "best_test_acc": max(curve), "final_test_acc": curve[-1],
+        # what an old version stored: every fit "ok", never learning runs "fastest"
+        "slowness": 0.0, "plateau_fit": {"max_accuracy": 0.1, "slowness": 0.0, "ok": True,
+                                         "reason": ""},
         "status": "ok", "diverged_epoch": None,
         "optimizer_state_bytes": 4096 if opt == "momentum" else 0,
-        "pulses_total": 600 + 10 * seed, "seconds_total": 0.3,
+        "pulses_total": pulses, "seconds_total": 0.3,
     }
     if backend == "fixed8":
-        run["drift"] = [{"t_seconds": t, "test_acc": best - 0.01 * k - (0 if comp else 0.02),
-                         "compensation": comp}
-                        for k, t in enumerate([1.0, 3600.0, 86400.0]) for comp in (True, False)]
+        run["drift"] = [{"t_seconds": t, "test_acc": max(curve) - 0.01 * k - (0 if c else 0.02),
+                         "compensation": c}
+                        for k, t in enumerate([1.0, 3600.0, 86400.0]) for c in (True, False)]
     return run
 
 
-@pytest.fixture
-def sweep_dir(tmp_path) -> tuple[Path, list[dict]]:
+def write_runs(d: Path, runs: list[dict], extra_lines: list[dict] = ()) -> None:
+    lines = [json.dumps(r) for r in [*extra_lines, *runs]]
+    (d / "runs.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def build_sweep(d: Path) -> list[dict]:
     runs = [make_run(b, o, g, lr, s) for b in DEVICES for (o, g, lr) in METHODS
             for s in range(3)]
     # one diverged run, one failed run, and a superseded error line for a key that later ran
     div = next(r for r in runs if r["key"] == "fixed4-momentum-off-2")
-    div.update(status="diverged", diverged_epoch=3, best_test_acc=0.31, final_test_acc=None)
+    div.update(status="diverged", diverged_epoch=EPOCHS, final_test_acc=None)
     div["epochs"][-1]["test_acc"] = None
+    div["best_test_acc"] = max(e["test_acc"] for e in div["epochs"][:-1])
     err = next(r for r in runs if r["key"] == "fixed8-sgd-off-1")
     for k in ("best_test_acc", "final_test_acc", "slowness", "device_model"):
         err.pop(k)
     err.update(status="error", error="Traceback (most recent call last):\nRuntimeError: boom",
                epochs=[])
     stale = {**runs[0], "status": "error", "error": "old failure", "best_test_acc": None}
-    lines = [json.dumps(stale)] + [json.dumps(r) for r in runs]
-    (tmp_path / "runs.jsonl").write_text("\n".join(lines) + "\n")
-    return tmp_path, runs
+    write_runs(d, runs, [stale])
+    # the study's description claims other settings than ran: the report must not repeat them
+    (d / "study.json").write_text(json.dumps({
+        "name": "fixture", "question": "Q?", "quick": True,
+        "description": "Fashion-MNIST 784-256-256-256-10, 5 seeds, 100 epochs",
+        "runs": [{"key": r["key"], "config": r["config"], "label": {}} for r in runs]}))
+    return runs
+
+
+@pytest.fixture
+def sweep_dir(tmp_path) -> tuple[Path, list[dict]]:
+    return tmp_path, build_sweep(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory) -> tuple[Path, list[dict], str]:
+    """One report of the fixture, shared by the tests that only read it."""
+    d = tmp_path_factory.mktemp("report")
+    runs = build_sweep(d)
+    return d, runs, write_report(d).read_text()
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -85,83 +136,211 @@ def num(s: str) -> float | None:
     return float(s) if s != "" else None
 
 
-def test_report_files_and_numbers(sweep_dir):
+def md_table(md: str, heading: str) -> list[dict]:
+    """The Markdown table under ``heading`` as dicts (header -> cell)."""
+    lines = md.split(f"## {heading}\n", 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    rows = lines[start:end]
+    header = [c.strip() for c in rows[0].strip("|").split("|")]
+    return [dict(zip(header, (c.strip() for c in r.strip("|").split("|")), strict=True))
+            for r in rows[2:]]
+
+
+def group_of(runs: list[dict], backend: str, opt: str, grapes: str) -> list[dict]:
+    return [r for r in runs if r["config"]["backend"] == backend
+            and r["config"]["optimizer"] == opt and r["config"]["grapes"] == grapes]
+
+
+def finished(group: list[dict]) -> list[dict]:
+    return [r for r in group if r["status"] in ("ok", "diverged")]
+
+
+def accepted_slowness(group: list[dict]) -> list[float]:
+    return [true_slowness(r["config"]["backend"], r["config"]["grapes"], r["config"]["seed"])
+            for r in finished(group)
+            if r["config"]["backend"] != "fixed2-nearest" and r["key"] != STEEP]
+
+
+def test_header_states_what_ran_not_the_description(written):
+    d, _, md = written
+    what = md.split("## What ran", 1)[1].split("\n## ", 1)[0]
+    assert "- Dataset: digits (1347 train, 450 test samples)" in what
+    assert "- Network: MLP 64-16-10" in what
+    assert f"- Epochs: {EPOCHS} epochs" in what
+    assert "- Seeds: 0-2 (3 seeds)" in what
+    assert "with 2-3 finished runs each" in what  # the error run leaves 2 in its cell
+    assert "Fashion" not in what and "784" not in what
+    assert md.splitlines()[2] == f"*digits, MLP 64-16-10, {EPOCHS} epochs, seeds 0-2.*"
+    # the study's own text is labelled as the plan
+    plan = md.split("## The study as planned", 1)[1].split("\n## ", 1)[0]
+    assert "quick variant" in plan and "Fashion-MNIST" in plan
+
+
+def test_results_table_cells_equal_statistics(written):
+    d, runs, md = written
+    table = md_table(md, "Results per group")
+    assert len(table) == len(DEVICES) * len(METHODS)
+    # devices in their meaningful order: float first, bits descending, noise after
+    order = list(dict.fromkeys(r["backend"] for r in table))
+    assert order == ["float32", "float32-read10", "float32-write5", "fixed8", "fixed4",
+                     "fixed4-nearest", "fixed2-nearest"]
+    checked = 0
+    for row in table:
+        group = group_of(runs, row["backend"], row["optimizer"], row["grapes"])
+        fin = finished(group)
+        assert int(row["runs"]) == len(group) and int(row["n"]) == len(fin)
+        best = [r["best_test_acc"] for r in fin]
+        final = [r["final_test_acc"] for r in fin if r["final_test_acc"] is not None]
+        assert row["best test acc"] == \
+            f"{statistics.mean(best):.4f} ± {statistics.stdev(best):.4f}"
+        assert row["final test acc"] == \
+            f"{statistics.mean(final):.4f}" + (f" ± {statistics.stdev(final):.4f}"
+                                               if len(final) > 1 else "")
+        slow = accepted_slowness(group)
+        if not slow:
+            assert row["slowness"] == "n/a"
+        else:
+            cell = (f"{statistics.mean(slow):.3f}"
+                    + (f" ± {statistics.stdev(slow):.3f}" if len(slow) > 1 else ""))
+            if len(slow) < len(fin):
+                cell += f" ({len(slow)} of {len(fin)} fits)"
+            assert row["slowness"] == cell
+        pulses = [r["pulses_total"] for r in fin]
+        assert row["pulses"] == f"{statistics.mean(pulses):.3g} " + (
+            "writes" if row["backend"].startswith("float") else "cells changed")
+        checked += 1
+    assert checked == 21
+
+    rows = read_csv(d / "summary.csv")
+    err_row = next(r for r in rows if r["backend"] == "fixed8" and r["optimizer"] == "sgd"
+                   and r["grapes"] == "off")
+    assert err_row["n_error"] == "1" and err_row["best_test_acc_n"] == "2"
+    for row in rows:
+        slow = accepted_slowness(group_of(runs, row["backend"], row["optimizer"], row["grapes"]))
+        if slow:
+            assert num(row["slowness_mean"]) == pytest.approx(statistics.mean(slow), rel=1e-5)
+        else:
+            assert row["slowness_mean"] == "" and row["slowness_n"] == "0"
+    assert {r["pulses_unit"] for r in rows} == {"writes", "cells changed"}
+
+
+def test_welch_p_values_equal_scipy(written):
+    d, runs, md = written
+    comps = read_csv(d / "comparisons.csv")
+    tested = 0
+    for c in comps:
+        backend = c["context"].removeprefix("backend=")
+        a = [r["best_test_acc"] for r in finished(group_of(runs, backend, "sgd", "propagating"))]
+        b = [r["best_test_acc"] for r in finished(group_of(runs, backend, "sgd", "off"))]
+        assert float(c["best_test_acc_mean"]) == pytest.approx(statistics.mean(a), abs=1e-12)
+        if len(set(a)) == len(set(b)) == 1:
+            continue  # scipy gives nan; the report says 1 for equal means (fixed2-nearest)
+        p = stats.ttest_ind(a, b, equal_var=False).pvalue
+        assert float(c["welch_p"]) == pytest.approx(p, rel=1e-9)
+        assert f"Welch p={p:.3g}" in c["verdict"]
+        line = next(x for x in md.splitlines() if x.startswith(f"- {c['context']}: sgd + GRAPES"))
+        assert f"Welch p={p:.3g}" in line
+        sa = accepted_slowness(group_of(runs, backend, "sgd", "propagating"))
+        sb = accepted_slowness(group_of(runs, backend, "sgd", "off"))
+        if len(sa) > 1 and len(sb) > 1:
+            ps = stats.ttest_ind(sa, sb, equal_var=False).pvalue
+            assert float(c["slowness_welch_p"]) == pytest.approx(ps, rel=1e-3)
+        tested += 1
+    assert tested == len(DEVICES) - 1
+    # the verdicts follow from the numbers: GRAPES wins on float32, loses on fixed4
+    assert any(c["context"] == "backend=float32" and c["verdict"].startswith("beats")
+               for c in comps)
+    assert "GRAPES does not beat SGD (no significant gain) in: " in md
+    assert "backend=fixed4;" in md.split("GRAPES does not beat SGD", 1)[1].split("\n")[0]
+    # the best-method line's p value too
+    best = next(x for x in md.splitlines() if x.startswith("- backend=float32: best is"))
+    mom = [r["best_test_acc"] for r in finished(group_of(runs, "float32", "momentum", "off"))]
+    grapes = [r["best_test_acc"] for r in finished(group_of(runs, "float32", "sgd",
+                                                             "propagating"))]
+    ranked = sorted([("momentum, lr=0.01", mom), ("sgd + GRAPES (propagating), lr=0.1", grapes)],
+                    key=lambda kv: -statistics.mean(kv[1]))
+    assert f"best is **{ranked[0][0]}**" in best
+    p = stats.ttest_ind(ranked[0][1], ranked[1][1], equal_var=False).pvalue
+    assert f"Welch p={p:.3g}" in best
+
+
+def test_flags_chance_zero_pulses_rejected_fits_diverged_errors(written):
+    d, runs, md = written
+    flags = read_csv(d / "flagged_runs.csv")
+    by_key: dict[str, set] = {}
+    for f in flags:
+        by_key.setdefault(f["key"], set()).add(f["flag"])
+    chance = {r["key"] for r in runs if r["config"]["backend"] == "fixed2-nearest"}
+    assert len(chance) == 9
+    for k in chance:
+        assert by_key[k] == {"chance", "zero pulses", "fit rejected"}
+    assert by_key[STEEP] == {"fit rejected"}
+    steep = next(f for f in flags if f["key"] == STEEP)
+    assert "max accuracy" in steep["detail"]
+    assert by_key["fixed4-momentum-off-2"] == {"diverged"}
+    assert by_key["fixed8-sgd-off-1"] == {"error"}
+    assert len(by_key) == 9 + 3  # no other run is flagged
+    # the Markdown says so too
+    assert "**12 of 63 runs flagged**" in md
+    table = md_table(md, "Flagged runs")
+    fx2 = [r for r in table if r["backend"] == "fixed2-nearest"]
+    assert len(fx2) == 3 and all(r["at chance"] == r["zero pulses"] == r["fit rejected"] == "3"
+                                 for r in fx2)
+    assert "Plateau fits rejected: 9 curve at chance level, 1 fitted max accuracy > 1." in md
+    assert "fixed4-momentum-off-2" in md and f"diverged in epoch {EPOCHS}" in md
+    assert "fixed8-sgd-off-1" in md and "RuntimeError: boom" in md
+    assert "Runs with results: **63** (1 diverged, 1 error, 61 ok)" in md
+    # the old stored fits (ok, slowness 0) were not trusted
+    assert "fixed2-nearest | sgd | off | 0.1 | 3 | 3 | 0 | 0 | **3** |" in md
+
+
+def test_plots_and_csvs_written_only_with_data(sweep_dir, tmp_path):
     d, runs = sweep_dir
-    out = write_report(d)
-    assert out == d / "report.md"
+    write_report(d)
     for png in ("best_test_acc", "slowness", "learning_curves", "pulses", "optimizer_memory",
                 "acc_vs_bits", "acc_vs_noise", "drift"):
         p = d / f"{png}.png"
         assert p.is_file() and p.stat().st_size > 2000, png
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-    rows = read_csv(d / "summary.csv")
-    assert len(rows) == len(DEVICES) * len(METHODS)
-    assert set(rows[0]) >= {"backend", "optimizer", "grapes", "lr", "n_runs", "n_diverged",
-                            "n_error", "best_test_acc_mean", "best_test_acc_std",
-                            "slowness_mean", "slowness_std"}
-    checked = 0
-    for row in rows:
-        group = [r for r in runs if r["config"]["backend"] == row["backend"]
-                 and r["config"]["optimizer"] == row["optimizer"]
-                 and r["config"]["grapes"] == row["grapes"]
-                 and float(r["config"]["lr"]) == float(row["lr"])]
-        assert int(row["n_runs"]) == len(group) == 3
-        fin = [r for r in group if r["status"] in ("ok", "diverged")]
-        assert int(row["n_diverged"]) == sum(r["status"] == "diverged" for r in group)
-        assert int(row["n_error"]) == sum(r["status"] == "error" for r in group)
-        for metric in ("best_test_acc", "slowness"):
-            vals = [r[metric] for r in fin]
-            assert num(row[f"{metric}_mean"]) == pytest.approx(statistics.mean(vals), abs=1e-12)
-            assert num(row[f"{metric}_std"]) == pytest.approx(statistics.stdev(vals), abs=1e-12)
-            assert int(row[f"{metric}_n"]) == len(vals)
-        checked += 1
-    assert checked == 18
-    err_row = next(r for r in rows if r["backend"] == "fixed8" and r["optimizer"] == "sgd"
-                   and r["grapes"] == "off")
-    assert err_row["n_error"] == "1" and err_row["best_test_acc_n"] == "2"
-
-    # accuracy vs bits: one line per method and rounding, bits 4 and 8
     bits = read_csv(d / "acc_vs_bits.csv")
-    stoch = [r for r in bits if "rounding=stochastic" in r["series"] and
-             r["series"].startswith("sgd, lr=0.1")]
+    stoch = [r for r in bits if "rounding=stochastic" in r["series"]
+             and r["series"].startswith("sgd, lr=0.1")]
     assert sorted(float(r["bits"]) for r in stoch) == [4.0, 8.0]
     r4 = next(r for r in stoch if float(r["bits"]) == 4.0)
-    want = [r["best_test_acc"] for r in runs if r["config"]["backend"] == "fixed4"
-            and r["config"]["optimizer"] == "sgd" and r["config"]["grapes"] == "off"]
+    want = [r["best_test_acc"] for r in group_of(runs, "fixed4", "sgd", "off")]
     assert float(r4["best_test_acc_mean"]) == pytest.approx(statistics.mean(want))
-    assert any("rounding=nearest" in r["series"] for r in bits)
-
     noise = read_csv(d / "acc_vs_noise.csv")
     assert {r["noise"] for r in noise} == {"read", "write"}
     assert {float(r["sigma"]) for r in noise if r["noise"] == "read"} == {0.0, 0.1}
-
-    # learning curves: mean per epoch of a group
     lc = read_csv(d / "learning_curves.csv")
     g = [r for r in lc if r["backend"] == "float32" and r["optimizer"] == "momentum"]
-    assert [int(r["epoch"]) for r in g] == [1, 2, 3]
-    want = [r["epochs"][1]["test_acc"] for r in runs if r["config"]["backend"] == "float32"
-            and r["config"]["optimizer"] == "momentum"]
+    assert [int(r["epoch"]) for r in g] == list(range(1, EPOCHS + 1))
+    want = [r["epochs"][1]["test_acc"] for r in group_of(runs, "float32", "momentum", "off")]
     assert float(g[1]["test_acc_mean"]) == pytest.approx(statistics.mean(want))
+    assert {r["compensation"] for r in read_csv(d / "drift.csv")} == {"true", "false"}
 
-    drift = read_csv(d / "drift.csv")
-    assert {r["compensation"] for r in drift} == {"true", "false"}
+    # float devices only, one bit width, no noise, no drift: those plots are not written,
+    # and the ones of an earlier report in the folder are removed
+    only_float = [r for r in runs if r["config"]["backend"] == "float32"]
+    write_runs(d, only_float)
+    (d / "study.json").unlink()
+    md = write_report(d).read_text()
+    for png in ("pulses", "acc_vs_bits", "acc_vs_noise", "drift"):
+        assert not (d / f"{png}.png").exists(), png
+        assert f"{png}.png" not in md
+    assert not (d / "acc_vs_noise.csv").exists()
+    assert (d / "best_test_acc.png").is_file() and "(best_test_acc.png)" in md
 
-    md = out.read_text()
-    assert "Runs with results: **54** (1 diverged, 1 error, 52 ok)" in md
-    assert "fixed4-momentum-off-2" in md and "diverged in epoch 3" in md  # flagged
-    assert "fixed8-sgd-off-1" in md and "RuntimeError: boom" in md
-    assert "| runs |" in md
-    # honest wording: GRAPES loses on fixed4 and the report says so
-    assert "GRAPES does not beat SGD (no significant gain) in: backend=fixed4" in md
-    fixed4_line = next(line for line in md.splitlines()
-                       if line.startswith("- backend=fixed4:") and "GRAPES" in line
-                       and "does not" in line)
-    assert "sgd" in fixed4_line
-    assert "best is **momentum, lr=0.01**" in md
-    comps = read_csv(d / "comparisons.csv")
-    assert any(c["context"] == "backend=float32" and c["verdict"].startswith("beats")
-               for c in comps)
+
+def test_single_seed_report(tmp_path):
+    runs = [make_run("float32", o, g, lr, 0) for (o, g, lr) in METHODS]
+    write_runs(tmp_path, runs)
+    md = write_report(tmp_path).read_text()
+    assert "- Seeds: 0 (1 seed)" in md and "seed 0." in md.splitlines()[2]
+    row = md_table(md, "Results per group")[0]
+    assert "±" not in row["best test acc"]  # no std of one run
+    assert "too few seeds for a test" in md
 
 
 def test_report_cli(sweep_dir, tmp_path, capsys):
@@ -180,3 +359,4 @@ def test_report_of_partial_sweep_says_what_is_missing(sweep_dir):
                                               "runs": planned}))
     md = write_report(d).read_text()
     assert "**1 have no result yet**" in md and "**Question.** Q?" in md
+    assert re.search(r"The study plans 64 runs", md)
