@@ -458,6 +458,8 @@ EPILOG = f"""first steps:
 EXTENSIONS: list[tuple[str, str, str] | str] = [
     ("sweep", "grapes_hw.sweep", "run a study (a grid of runs), resumable, in parallel"),
     ("report", "grapes_hw.report", "write report.md, CSV tables and plots of a sweep folder"),
+    ("compare", "grapes_hw.compare",
+     "side-by-side table of runs (result.json, runs.jsonl): differing settings, metrics"),
     ("continual", "grapes_hw.continual_cli",
      "sequential permuted-pixel tasks: forgetting, SGD vs GRAPES"),
 ]
