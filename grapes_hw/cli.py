@@ -15,87 +15,22 @@ import argparse
 import functools
 import importlib
 import json
-import math
 import os
 import re
 import sys
 from pathlib import Path
 
+from .argtypes import (
+    layer_list,
+    lower_bound,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    unit_interval,
+)
 from .errors import BackendUnavailable, ConfigError, DataError
 
 PROG = "grapes-hw"
-
-
-# ---- argument types: each error names the value; argparse adds the option name ------------
-def positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{s!r}: must be a positive integer (>= 1)")
-    return v
-
-
-def nonneg_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{s!r}: must be >= 0")
-    return v
-
-
-def positive_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"{s!r}: must be a positive finite number")
-    return v
-
-
-def unit_interval(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
-    if not (0.0 <= v < 1.0):
-        raise argparse.ArgumentTypeError(f"{s!r}: must be in [0, 1)")
-    return v
-
-
-def layer_list(s: str) -> tuple[int, ...]:
-    parts = [p.strip() for p in s.split(",") if p.strip()]
-    if not parts:
-        raise argparse.ArgumentTypeError(
-            f"{s!r}: expected comma-separated widths, e.g. 256,256,256")
-    out = []
-    for p in parts:
-        try:
-            v = int(p)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{s!r}: {p!r} is not an integer; expected comma-separated widths, e.g. 256,256,256"
-            ) from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"{s!r}: widths must be >= 1")
-        out.append(v)
-    return tuple(out)
-
-
-def lower_bound(s: str) -> float | None:
-    if s.lower() in ("none", "unbounded"):
-        return None
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r}: expected a number in [0, 2] or 'none'") from None
-    if not 0.0 <= v <= 2.0:
-        raise argparse.ArgumentTypeError(f"{s!r}: expected a number in [0, 2] or 'none'")
-    return v
 
 
 class _Parser(argparse.ArgumentParser):
@@ -466,7 +401,7 @@ EXTENSIONS: list[tuple[str, str, str] | str] = [
 
 
 def _version() -> str:
-    from . import __version__
+    from ._version import __version__
 
     return __version__
 

@@ -31,6 +31,15 @@ with propagating GRAPES on 6-bit weights reached 0.22 on digits at 0.1); momentu
 take steps about ``1 / (1 - gamma)`` = 10 times SGD's, so they get a tenth of it."""
 
 
+RULES: dict[str, dict] = {
+    "sgd": {"grapes": "off"},
+    "grapes": {"grapes": "propagating"},
+    "grapes-local": {"grapes": "local"},
+    "lr-matched": {"grapes": "off", "lr_matched": True},
+}
+"""Learning-rule names (``grapes-hw continual --rules``): TrainConfig overrides on the base."""
+
+
 def default_lr(optimizer: str) -> float:
     """The learning rate ``optimizer`` runs at when none is given (:data:`DEFAULT_LR`)."""
     try:

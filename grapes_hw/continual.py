@@ -46,12 +46,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import require, to_dict
-from .continual_cli import RULES, add_cli, cmd_continual  # noqa: F401 (re-exported)
+from .config import RULES, require, to_dict
 from .errors import ConfigError
 
-# RULES (rule name -> TrainConfig overrides) and the CLI live in continual_cli, which imports
-# nothing heavy, so that `grapes-hw continual -h` does not import torch.
+# The command line (``grapes-hw continual``) lives in continual_cli, which imports nothing
+# heavy, so that `grapes-hw continual -h` does not import torch.
 
 REFERENCE_PIXELS = 784
 """K is given for 784-pixel (28 x 28) images and scaled for other sizes."""
@@ -458,4 +457,4 @@ def plot_continual(runs: list[dict], cc: ContinualConfig, out: Path) -> list[str
 
 
 __all__ = ["ContinualConfig", "RULES", "make_tasks", "run_continual", "run_sequence",
-           "scaled_k", "summarize", "task_permutation", "add_cli"]
+           "scaled_k", "summarize", "task_permutation"]

@@ -12,16 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import default_lr_text
+from .config import RULES, default_lr_text
 from .errors import ConfigError
-
-RULES: dict[str, dict] = {
-    "sgd": {"grapes": "off"},
-    "grapes": {"grapes": "propagating"},
-    "grapes-local": {"grapes": "local"},
-    "lr-matched": {"grapes": "off", "lr_matched": True},
-}
-"""Learning-rule names accepted by ``--rules``: TrainConfig overrides on top of the base."""
 
 
 def _csv(kind):
@@ -51,7 +43,7 @@ def _rules(s: str) -> tuple[str, ...]:
 
 
 def add_cli(subparsers) -> None:
-    from .cli import (
+    from .argtypes import (
         layer_list,
         lower_bound,
         nonneg_int,

@@ -1263,7 +1263,7 @@ def _with_dask(todo: list[RunSpec], scheduler: str | None, dask_local: int | Non
 
 # ---- CLI -----------------------------------------------------------------------------------
 def add_cli(sub) -> None:
-    from .cli import positive_int
+    from .argtypes import positive_int
 
     p = sub.add_parser("sweep", help="run a study (a grid of runs), resumable, in parallel")
     p.add_argument("study", help="study TOML file, or the name of one in studies/")

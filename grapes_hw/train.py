@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
+from ._version import __version__
 from .config import default_lr, default_lr_text, is_positive_lr, require, to_dict
 from .credit import make_credit
 from .devices import (

@@ -10,8 +10,8 @@ from grapes_hw.credit import BP, DFA, FA, make_credit
 from grapes_hw.grapes import GrapesParameters, modulation_factor
 from grapes_hw.learning import Learner, softmax_error
 from grapes_hw.network import ForwardCache
-from grapes_hw.optim import SGD, make_optimizer
-from grapes_hw.optim_adaptive import Adam, RMSprop, make
+from grapes_hw.optim import SGD, Adam, RMSprop, make_optimizer
+from grapes_hw.optim import _make_adaptive as make
 
 
 def _deltas(learner, x, y):
@@ -209,7 +209,7 @@ def test_adaptive_state_bytes():
     assert rms.state_bytes() == 0
     net = make_net(ws)
     Learner(net, BP(net), GrapesParameters(mode="propagating"), rms).step(x, y, 0.01)
-    assert rms.state_bytes() == n * 4  # one float32 per weight
+    assert rms.state_bytes() == n * 8  # one float64 per weight: the buffers' own dtype
     adam = Adam(state_bits=16)
     net = make_net(ws)
     learner = Learner(net, BP(net), GrapesParameters(), adam)
@@ -219,7 +219,23 @@ def test_adaptive_state_bytes():
     rmc = RMSprop(centered=True, momentum=0.9)
     net = make_net(ws)
     Learner(net, BP(net), GrapesParameters(), rmc).step(x, y, 0.01)
-    assert rmc.state_bytes() == 3 * n * 4
+    assert rmc.state_bytes() == 3 * n * 8
+
+
+@pytest.mark.parametrize("dtype, size", [(torch.float32, 4), (torch.float64, 8)])
+def test_velocity_bytes_follow_the_dtype(dtype, size):
+    """Momentum's velocity costs its dtype's size per weight (8 bytes in float64), and
+    ``state_bits`` when a digital format holds it."""
+    from grapes_hw.optim import Momentum
+
+    shapes = [(7, 5), (4, 7)]
+    ws = [torch.randn(s, dtype=dtype) for s in shapes]
+    n = sum(a * b for a, b in shapes)
+    x, y = torch.randn((4, 5), dtype=dtype), torch.tensor([0, 1, 2, 3])
+    for opt, per_weight in ((Momentum(0.9), size), (Momentum(0.9, state_bits=8), 1)):
+        net = make_net(ws, dtype=str(dtype).removeprefix("torch."))
+        Learner(net, BP(net), GrapesParameters(), opt).step(x, y, 0.01)
+        assert opt.state_bytes() == n * per_weight
 
 
 def test_adaptive_writes_through_increment_and_state_format():

@@ -1,0 +1,81 @@
+"""Command-line argument types: each error names the value, argparse adds the option name.
+
+A leaf module (it imports only the standard library), so every subcommand's parser can use
+these without importing the CLI module or anything heavy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{s!r}: must be a positive integer (>= 1)")
+    return v
+
+
+def nonneg_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{s!r}: must be >= 0")
+    return v
+
+
+def positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"{s!r}: must be a positive finite number")
+    return v
+
+
+def unit_interval(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if not (0.0 <= v < 1.0):
+        raise argparse.ArgumentTypeError(f"{s!r}: must be in [0, 1)")
+    return v
+
+
+def layer_list(s: str) -> tuple[int, ...]:
+    parts = [p.strip() for p in s.split(",") if p.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(
+            f"{s!r}: expected comma-separated widths, e.g. 256,256,256")
+    out = []
+    for p in parts:
+        try:
+            v = int(p)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{s!r}: {p!r} is not an integer; expected comma-separated widths, e.g. 256,256,256"
+            ) from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"{s!r}: widths must be >= 1")
+        out.append(v)
+    return tuple(out)
+
+
+def lower_bound(s: str) -> float | None:
+    if s.lower() in ("none", "unbounded"):
+        return None
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r}: expected a number in [0, 2] or 'none'") from None
+    if not 0.0 <= v <= 2.0:
+        raise argparse.ArgumentTypeError(f"{s!r}: expected a number in [0, 2] or 'none'")
+    return v
