@@ -21,7 +21,7 @@ from torch import nn
 from grapes_hw.backends.float_backend import FloatParams
 from grapes_hw.credit import BP
 from grapes_hw.data import load_dataset
-from grapes_hw.devices import DeviceModel
+from grapes_hw.devices import DeviceModel, device_model_from_rpu_config
 from grapes_hw.errors import ConfigError
 from grapes_hw.grapes import GrapesParameters
 from grapes_hw.learning import Learner
@@ -453,17 +453,28 @@ def test_backend_rpu_config_object_gives_a_full_result(tmp_path):
     from aihwkit.simulator.configs import FloatingPointRPUConfig
     from aihwkit.simulator.presets import PCMPreset
 
+    from grapes_hw.backends.analog import AnalogParams
+
     toml = tmp_path / "fp.toml"
     toml.write_text('name = "fp"\ndescription = "FloatingPoint tile"\nbackend = "analog"\n'
                     '[analog]\nrpu_config = "FloatingPointRPUConfig"\n')
     by_object = run(TrainConfig(backend=FloatingPointRPUConfig(), **SMALL))
-    by_path = run(TrainConfig(backend=str(toml), **SMALL))
+    by_path = run(TrainConfig(backend=toml, **SMALL))  # a pathlib.Path
     assert set(by_object) == set(by_path)
     _same_training(by_object, by_path)  # a deterministic tile: the same run either way
     assert by_object["config"]["backend"] == "FloatingPointRPUConfig"
     dm = by_object["device_model"]
     assert dm["backend"] == "analog" and dm["params"]["rpu_config"] == "FloatingPointRPUConfig"
     assert dm["extra"]["rpu_config"].startswith("FloatingPointRPUConfig(")
+    assert by_path["config"]["backend"] == str(toml)
+
+    # The backend's own settings with the object: arrays of at most 16 x 16 cells.
+    split = device_model_from_rpu_config(FloatingPointRPUConfig(), name="fp-16",
+                                         params=AnalogParams(tile_size=16))
+    r16 = run(TrainConfig(backend=split, **SMALL))
+    assert r16["config"]["backend"] == "fp-16" and r16["device_model"]["params"]["tile_size"] == 16
+    for a, b in zip(r16["epochs"], by_object["epochs"], strict=True):  # partial sums: rounding
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
 
     cfg = PCMPreset()
     cfg.forward.out_noise = 0.0123  # a user's own setting
