@@ -305,8 +305,10 @@ class GRAPES:
         targets = [(top_bias, slice(None))] if isinstance(top_bias, nn.Parameter) else []
         for tile, rows in _tile_rows(layer):
             self._handles.append(tile.register_forward_hook(self._tile_hook(layer, rows)))
-            targets += [(p, rows) for p in tile.parameters()
-                        if not isinstance(p, AnalogContext) and p.dim() >= 1]
+            # Weights and biases only: not learned output scales or input ranges.
+            targets += [(p, rows) for name, p in tile.named_parameters()
+                        if not isinstance(p, AnalogContext)
+                        and name.rsplit(".", 1)[-1] in ("weight", "bias", "shared_weights")]
         for p, rows in targets:
             if id(p) not in seen:
                 seen.add(id(p))

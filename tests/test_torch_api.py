@@ -403,12 +403,14 @@ def test_analog_conv_channels_are_scaled(mode):
 
 
 @needs_aihwkit
-def test_inference_tile_gradients_are_row_scaled_in_local_mode():
-    """Inference tiles are trained through a torch gradient of their shared weights (aihwkit's
-    ``use_torch_update``), not through stored errors: GRAPES scales that gradient's rows."""
-    from aihwkit.simulator.configs import InferenceRPUConfig
+@pytest.mark.parametrize("config", ["InferenceRPUConfig", "TorchInferenceRPUConfig"])
+def test_inference_tile_gradients_are_row_scaled_in_local_mode(config):
+    """Inference tiles are trained through a torch gradient (of their shared weights, aihwkit's
+    ``use_torch_update``; or of a torch-simulated tile's weight), not through stored errors:
+    GRAPES scales that gradient's rows."""
+    import aihwkit.simulator.configs as configs
 
-    cfg = InferenceRPUConfig()
+    cfg = getattr(configs, config)()
     cfg.forward.is_perfect = True  # deterministic MVMs
     torch.manual_seed(4)
     x, y = torch.rand(16, 8), torch.randint(0, 3, (16,))
