@@ -493,3 +493,13 @@ def test_backend_rpu_config_object_gives_a_full_result(tmp_path):
 def test_backend_of_another_type_names_the_field():
     with pytest.raises(ConfigError, match="^backend: got a int"):
         run(TrainConfig(backend=3, **SMALL))
+
+
+def test_the_torch_submodule_does_not_shadow_torch():
+    import grapes_hw
+    import grapes_hw.learning
+    import grapes_hw.train
+
+    assert grapes_hw.train.torch is torch and grapes_hw.learning.torch is torch
+    assert grapes_hw.torch is not torch and grapes_hw.GRAPES is GRAPES
+    assert "GRAPES" in grapes_hw.__all__ and "DeviceModel" in grapes_hw.__all__
