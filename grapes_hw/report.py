@@ -183,6 +183,7 @@ def write_report(dir_: str | Path) -> Path:
     fx = facts(an)
     files: list[str] = []
     pngs: list[tuple[str, str]] = []
+    notes: list[str] = []
 
     header, rows = summary_rows(an)
     write_csv(d / "summary.csv", header, rows)
@@ -219,11 +220,22 @@ def write_report(dir_: str | Path) -> Path:
             write_csv(d / f"{name}.csv", [*cols, f"{mean}_mean", f"{mean}_std", "n"], ex_rows)
             files.append(f"{name}.csv")
             png(f"{name}.png", f"{caption} (data in `{name}.csv`)", True)
-    png("pulses.png", "Weight writes per run, in the unit each backend counts (float devices, "
-        "whose every update writes every weight, are left out)",
+    png("pulses.png", "Weight writes per run, in the unit each backend counts (devices "
+        "programmed by writes only: float weights, written digitally at every update, and "
+        "analog inference tiles, not pulsed, are left out)",
         plots.pulses_plot(an, fx, d / "pulses.png"))
     png("optimizer_memory.png", "Optimizer state per rule",
         plots.memory_plot(an, fx, d / "optimizer_memory.png"))
+    written = {n for n, _ in pngs}
+    for name, why in (("slowness.png", "No run has an accepted plateau fit: no slowness plot."),
+                      ("pulses.png", "No device here is programmed by writes (float weights "
+                                     "write every weight digitally at every update; analog "
+                                     "inference tiles are not pulsed): no pulse plot; the "
+                                     "counts are in the table."),
+                      ("optimizer_memory.png", "No rule keeps optimizer state (0 bytes in "
+                                               "every run): no memory plot.")):
+        if name not in written:
+            notes.append(why)
     comps = grapes_comparisons(an)
     if comps:
         write_csv(d / "comparisons.csv",
@@ -237,7 +249,7 @@ def write_report(dir_: str | Path) -> Path:
     for stale in set(OUTPUTS) - set(files):
         (d / stale).unlink(missing_ok=True)
 
-    md = _markdown(an, fx, comps, pngs, files)
+    md = _markdown(an, fx, comps, pngs, files, notes)
     out = d / "report.md"
     tmp = d / "report.md.tmp"
     tmp.write_text(md)
@@ -429,7 +441,7 @@ def _flagged(an: Analysis) -> list[str]:
     return lines
 
 
-def _markdown(an: Analysis, fx, comps: list[Comparison], pngs, files) -> str:
+def _markdown(an: Analysis, fx, comps: list[Comparison], pngs, files, notes=()) -> str:
     st = an.study or {}
     title = f"# Report: {st.get('name') or 'sweep'}{' (quick variant)' if st.get('quick') else ''}"
     lines = [title, "", f"*{fx.line()}.*", "", *_what_ran(an, fx)]
@@ -451,6 +463,7 @@ def _markdown(an: Analysis, fx, comps: list[Comparison], pngs, files) -> str:
               "(± std over seeds) only where n > 1.", ""]
     for png, caption in pngs:
         lines += [f"{caption}:", "", f"![{caption.split(' (')[0]}]({png})", ""]
+    lines += [*(f"{n}\n" for n in notes)]
     lines += ["Files: " + ", ".join(f"`{f}`" for f in ["report.md", *files]) + ".", ""]
     return "\n".join(lines)
 

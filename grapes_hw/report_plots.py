@@ -30,6 +30,7 @@ from .report_analysis import (
     mean_std,
     natural,
     other_noise,
+    should_write,
 )
 
 COLORS = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000",
@@ -160,12 +161,14 @@ def _dots(ax, an: Analysis, style: Style, metric: str, ctxs: list[tuple], log: b
                             ha="center", fontsize=6)
     if log:
         ax.set_yscale("log")
-        ax.set_ylim(bottom=floor / 2)
+        if any(s[0] <= 0 for _, _, s in pts):
+            ax.set_ylim(bottom=floor / 2)
     ax.set_xticks(range(len(ctxs)))
     many = len(ctxs) > 4
     ax.set_xticklabels([_ctx_text(an, c) for c in ctxs], rotation=45 if many else 0,
                        ha="right" if many else "center", fontsize=8)
     ax.set_xlim(-0.6, len(ctxs) - 0.4)
+    ax.margins(y=0.12)  # no point on the frame
     if an.context_fields:
         ax.set_xlabel(" ".join(an.context_fields), fontsize=8)
     ax.grid(axis="y", alpha=0.3)
@@ -200,10 +203,11 @@ def metric_plot(an: Analysis, facts: Facts, metric: str, path: Path, ylabel: str
 
 
 def pulses_plot(an: Analysis, facts: Facts, path: Path) -> bool:
-    """Write pulses of the non-float devices, one panel per unit (log axis, 0 visible)."""
+    """Write pulses of the devices that are programmed by writes (fixed point, pulsed analog
+    tiles; not float, not analog inference tiles), one panel per unit (log axis, 0 visible)."""
     units: dict[str, list[tuple]] = {}
     for g in an.groups:
-        fin = [r for r in g.finished() if not is_float_device(r)]
+        fin = [r for r in g.finished() if should_write(r)]
         if fin and g.context not in units.get(fin[0]["pulses_unit"], []):
             units.setdefault(fin[0]["pulses_unit"], []).append(g.context)
     if not units:
@@ -216,21 +220,23 @@ def pulses_plot(an: Analysis, facts: Facts, path: Path) -> bool:
     for ax, (unit, ctxs) in zip(axes[:, 0], units.items(), strict=True):
         ns += _dots(ax, an, style, "pulses_total", ctxs, log=True)
         ax.set_ylabel(f"pulses per run ({unit})", fontsize=8)
-    _title(fig, "Weight writes per run (float devices left out)", facts, _n_note(ns))
+    _title(fig, "Weight writes per run (devices programmed by writes only)", facts,
+           _n_note(ns))
     fig.tight_layout()
     _save(fig, path, _handles(axes[:, 0]))
     return True
 
 
 def memory_plot(an: Analysis, facts: Facts, path: Path) -> bool:
-    """Optimizer state per method (one point per method where no context changes it)."""
+    """Optimizer state per method (one point per method where no context changes it); not
+    written when every rule keeps none (0 bytes: nothing to compare)."""
     style = Style(an)
     per_method: dict[tuple, set] = defaultdict(set)
     for g in an.groups:
         mu = g.stat("optimizer_state_bytes")[0]
         if math.isfinite(mu):
             per_method[g.method].add(mu)
-    if not per_method:
+    if not any(v > 0 for vals in per_method.values() for v in vals):
         return False
     if any(len(v) > 1 for v in per_method.values()):
         return metric_plot(an, facts, "optimizer_state_bytes", path, "optimizer state (bytes)",
@@ -253,7 +259,7 @@ def memory_plot(an: Analysis, facts: Facts, path: Path) -> bool:
     ax.set_ylabel("optimizer state (bytes)")
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
     ax.grid(axis="y", alpha=0.3)
-    what = "Optimizer memory" + (" (the same on every device of this study)"
+    what = "Optimizer memory" + (" (the same in every setting of this study)"
                                  if an.context_fields else "")
     _title(fig, what, facts)
     fig.tight_layout()

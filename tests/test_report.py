@@ -360,3 +360,21 @@ def test_report_of_partial_sweep_says_what_is_missing(sweep_dir):
     md = write_report(d).read_text()
     assert "**1 have no result yet**" in md and "**Question.** Q?" in md
     assert re.search(r"The study plans 64 runs", md)
+
+
+def test_which_devices_must_write_and_their_units():
+    from grapes_hw.report_analysis import pulses_unit, should_write
+
+    def run(kind: str, **params) -> dict:
+        return {"device_model": {"backend": kind, "params": params}, "config": {}}
+
+    assert should_write(run("fixed", bits=4))
+    assert should_write(run("analog", rpu_config="MixedPrecisionPCMPreset"))
+    assert not should_write(run("analog", rpu_config="InferenceRPUConfig"))
+    assert not should_write(run("analog", rpu_config="PCMPreset", count_pulses=False))
+    assert not should_write(run("float", dtype="float32"))
+    # old results: the unit from the backend kind (+ the digital bias); new ones as recorded
+    assert pulses_unit(run("analog")) == "estimated programming steps"
+    assert pulses_unit({**run("fixed"), "config": {"bias": True}}) == \
+        "cells changed + writes (bias)"
+    assert pulses_unit({**run("fixed"), "pulses_unit": "other"}) == "other"
