@@ -32,3 +32,23 @@ def small_weights() -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(3)
     shapes = [(7, 5), (6, 7), (4, 6)]
     return [torch.randn(s, generator=g, dtype=torch.float64) * 0.7 for s in shapes]
+
+
+def _fashion_mnist_missing() -> str:
+    """Why the Fashion-MNIST files cannot be used here ("" when they can)."""
+    from grapes_hw.data import find_dataset_dir
+    from grapes_hw.errors import DataError
+
+    try:
+        find_dataset_dir("fashion-mnist")
+    except DataError as e:
+        return str(e).splitlines()[0]
+    return ""
+
+
+needs_fashion_mnist = pytest.mark.skipif(
+    bool(_fashion_mnist_missing()),
+    reason=f"Fashion-MNIST not available ({_fashion_mnist_missing() or 'found'}); install "
+           "Debian's dataset-fashion-mnist or put the files in ~/.cache/grapes_hw/fashion-mnist")
+"""For tests that read the real Fashion-MNIST files: skipped, with the reason, without them."""
+

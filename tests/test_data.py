@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import needs_fashion_mnist
 
 from grapes_hw import data
 from grapes_hw.errors import ConfigError, DataError
@@ -348,6 +349,8 @@ def test_download_fetches_only_missing_files(tmp_path, monkeypatch):
     assert sorted(p.name for p in files_under(cache)) == sorted([T10K_IMAGES, T10K_LABELS])
 
 
+@pytest.mark.skipif(not DEBIAN_FASHION.is_dir(),
+                    reason=f"needs Debian's dataset-fashion-mnist in {DEBIAN_FASHION}")
 def test_fashion_mnist_end_to_end_download(tmp_path, monkeypatch):
     """Serve the (checksum-listed) Debian files over a fake network; load from the cache."""
     monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", ())
@@ -427,6 +430,7 @@ def test_returned_arrays_do_not_share_the_cache():
 # --------------------------------------------------------------------------- Fashion-MNIST
 
 
+@needs_fashion_mnist
 def test_fashion_mnist_full_load():
     ds = data.load_dataset("fashion-mnist", progress=False)
     assert ds.x_train.shape == (60000, 784) and ds.x_test.shape == (10000, 784)
@@ -438,6 +442,7 @@ def test_fashion_mnist_full_load():
     assert Path(ds.source).name == "fashion-mnist"
 
 
+@needs_fashion_mnist
 def test_fashion_mnist_subset_and_val_sizes():
     ds = data.load_dataset("fashion-mnist", train_subset=1000, val_fraction=0.1, seed=3,
                            progress=False)

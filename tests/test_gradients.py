@@ -77,7 +77,68 @@ def test_optimizer_state_bytes():
     x, y = torch.randn((4, 5), dtype=torch.float64), torch.tensor([0, 1, 2, 3])
     mom = Momentum(0.9)
     Learner(net, BP(net), GrapesParameters(), mom).step(x, y, 0.1)
-    assert mom.state_bytes() == sum(a * b for a, b in shapes) * 4  # one float32 per weight
+    assert mom.state_bytes() == sum(a * b for a, b in shapes) * 8  # one float64 per weight
     sgd = SGD()
     Learner(net, BP(net), GrapesParameters(mode="propagating"), sgd).step(x, y, 0.1)
     assert sgd.state_bytes() == 0
+
+
+def _manual_reference(weights, biases, x, y, activation, keeps, p, m=None):
+    """Autograd on the same network: dropout with the given node masks (scaled by
+    1/(1-p)), biases, and (GRAPES propagating) the gradient at each hidden pre-activation
+    multiplied by m. Returns the loss and the weight and bias gradients."""
+    ws = [w.clone().requires_grad_(True) for w in weights]
+    bs = [b.clone().requires_grad_(True) for b in biases]
+    h = x
+    for i, (w, b) in enumerate(zip(ws, bs, strict=True)):
+        a = h @ w.T + b
+        if i == len(ws) - 1:
+            break
+        if m is not None:
+            a.register_hook(lambda g, mi=m[i]: g * mi)
+        h = torch.relu(a) if activation == "relu" else torch.tanh(a)
+        if keeps[i] is not None:
+            h = h * keeps[i] / (1.0 - p)
+    loss = torch.nn.functional.cross_entropy(a, y)
+    loss.backward()
+    return loss, [w.grad for w in ws], [b.grad for b in bs]
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("grapes", ["off", "propagating"])
+def test_bp_with_dropout_and_bias_equals_autograd(small_weights, activation, grapes):
+    """Dropout (one node mask per minibatch) and digital biases: our errors give autograd's
+    gradients; with GRAPES, dropped nodes sit at the lower bound m = 1 and the factors
+    multiply the propagated error as a hook at the pre-activation would."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn((16, 5), dtype=torch.float64, generator=g)
+    y = torch.randint(0, 4, (16,), generator=g)
+    p = 0.4
+    net = make_net(small_weights, activation, bias=True)
+    net.dropout = p
+    net.generator = torch.Generator().manual_seed(11)
+    biases = []
+    for layer in net.layers:
+        layer.bias.w.copy_(torch.randn(layer.shape[0], 1, generator=g) * 0.3)
+        biases.append(layer.bias.w[:, 0].double().clone())
+    learner = Learner(net, BP(net), GrapesParameters(mode=grapes), SGD())
+    learner.cache = ForwardCache()
+    logits = net.forward(x, train=True, cache=learner.cache)
+    keeps = list(learner.cache.keep)
+    assert all(k is not None for k in keeps) and any(bool((k == 0).any()) for k in keeps)
+    e, loss, _ = softmax_error(logits, y)
+    m = learner.factors()
+    deltas = learner.errors(e, m)
+    if grapes == "propagating":
+        for k, ml in zip(keeps, m, strict=True):
+            assert torch.all(ml[k == 0] == 1.0)  # dropped nodes: importance 0 -> lower bound
+            assert float(ml.max()) == 2.0
+    ref_loss, gw, gb = _manual_reference(small_weights, biases, x, y, activation, keeps, p,
+                                         m if grapes == "propagating" else None)
+    assert loss / x.shape[0] == pytest.approx(float(ref_loss.detach()), rel=1e-12)
+    ones = torch.ones((x.shape[0], 1), dtype=torch.float64)
+    for l in range(3):
+        torch.testing.assert_close(gradient(learner.cache.inputs[l], deltas[l]), gw[l],
+                                   rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(gradient(ones, deltas[l])[:, 0], gb[l],
+                                   rtol=1e-10, atol=1e-12)

@@ -412,3 +412,39 @@ def test_discarding_a_broken_pool_does_not_wait_for_stuck_survivors():
     assert done.wait(60), "shutdown waited for a stuck worker"
     assert all(not p.is_alive() for p in procs)
     assert fut.done()
+
+
+def test_ctrl_c_in_a_run_is_not_recorded_and_the_run_is_redone(tmp_path, monkeypatch):
+    """A run interrupted mid-epoch (Ctrl-C reaches the worker) comes back with status
+    interrupted and its finished epochs; the sweep does not record it, so the next sweep
+    runs it again."""
+    import grapes_hw.sweep as sweep_mod
+    from grapes_hw import learning
+
+    step = learning.Learner.step
+    calls = {"n": 0}
+
+    def interrupting(self, x, y, lr):
+        calls["n"] += 1
+        if calls["n"] == 23 + 3:  # in epoch 2 (23 batches of 64 per digits epoch)
+            raise KeyboardInterrupt
+        return step(self, x, y, lr)
+
+    seen = []
+
+    def in_process(specs, workers, threads, on_result):  # the worker, in this process
+        for s in specs:
+            rec = sweep_mod.run_one(s.config_dict(), s.key, threads)
+            seen.append(rec)
+            on_result(rec)
+
+    monkeypatch.setattr(learning.Learner, "step", interrupting)
+    monkeypatch.setattr(sweep_mod, "_run_local", in_process)
+    study = grid({"base": {**TINY, "layers": [32], "epochs": 4}})
+    out = tmp_path / "out"
+    s = run_sweep(study, out=str(out), workers=1, quiet=True)
+    assert seen[0]["status"] == "interrupted" and len(seen[0]["epochs"]) == 2
+    assert s.ran == 0 and not (out / RUNS_FILE).exists()
+    monkeypatch.setattr(learning.Learner, "step", step)
+    s = run_sweep(study, out=str(out), workers=1, quiet=True)
+    assert s.ran == 1 and lines(out / RUNS_FILE)[0]["status"] == "ok"

@@ -67,3 +67,52 @@ def test_plateau_fit_recovers_parameters():
 def test_plateau_fit_needs_two_points():
     fit = fit_plateau([0.5])
     assert not fit["ok"] and fit["slowness"] is None
+
+
+def test_lr_matched_equals_plain_sgd_at_the_scaled_lr():
+    """--lr-matched is plain SGD at lr times the mean GRAPES factor at initialisation: the
+    same run as SGD given that lr, step for step, and the factor is computed independently
+    here from the initial weights."""
+    import torch
+
+    from grapes_hw.credit import make_credit
+    from grapes_hw.devices import load_device_model
+    from grapes_hw.grapes import mean_factor
+    from grapes_hw.train import build_network
+
+    cfg = TrainConfig(dataset="digits", layers=(64, 32), epochs=2, lr=0.1, lr_matched=True,
+                      seed=2)
+    net = build_network(cfg, load_device_model("float32"), 64, 10)
+    credit = make_credit("bp", net, torch.Generator().manual_seed(0))
+    rows = [layer.backend.read().abs().sum(1) for layer in net.layers[:-1]]
+    scale = mean_factor(rows, 1.0)
+    assert scale == pytest.approx(mean_factor([credit.importance(l) for l in range(2)], 1.0))
+    matched = run(cfg)
+    plain = run(TrainConfig(dataset="digits", layers=(64, 32), epochs=2, lr=0.1 * scale,
+                            seed=2))
+    assert matched["config"]["lr_scale"] == pytest.approx(scale, rel=1e-6)
+    assert [e["train_loss"] for e in matched["epochs"]] == pytest.approx(
+        [e["train_loss"] for e in plain["epochs"]], rel=1e-5)
+    assert matched["best_test_acc"] == pytest.approx(plain["best_test_acc"], abs=1e-9)
+
+
+def test_ctrl_c_mid_epoch_keeps_the_finished_epochs(monkeypatch):
+    """A KeyboardInterrupt in the middle of epoch 2: status interrupted, epoch 1 complete,
+    epoch 2 recorded as partial."""
+    from grapes_hw import learning
+
+    calls = {"n": 0}
+    step = learning.Learner.step
+
+    def interrupting(self, x, y, lr):
+        calls["n"] += 1
+        if calls["n"] == 23 + 5:  # digits: 1437 training samples = 23 batches of 64
+            raise KeyboardInterrupt
+        return step(self, x, y, lr)
+
+    monkeypatch.setattr(learning.Learner, "step", interrupting)
+    r = run(TrainConfig(dataset="digits", layers=(32,), epochs=5, seed=0))
+    assert r["status"] == "interrupted"
+    assert [e["epoch"] for e in r["epochs"]] == [1, 2]
+    assert "partial" not in r["epochs"][0] and r["epochs"][1]["partial"] is True
+    assert r["epochs"][0]["test_acc"] is not None and r["best_test_acc"] is not None
