@@ -195,7 +195,7 @@ def write_report(dir_: str | Path) -> Path:
         if wrote:
             pngs.append((name, caption))
 
-    png("best_test_acc.png", "Best test accuracy per device and rule",
+    png("best_test_acc.png", "Best test accuracy per setting and rule",
         plots.metric_plot(an, fx, "best_test_acc", d / "best_test_acc.png",
                           "best test accuracy", "Best test accuracy", chance=_chance(an)))
     png("slowness.png", "Plateau-fit slowness (accepted fits only; lower is faster)",
