@@ -21,7 +21,6 @@ any more is removed.
 
 from __future__ import annotations
 
-import csv
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from .report_analysis import (  # noqa: F401  (re-exported: the report's public 
     Analysis,
     Group,
     analyse,
+    disp,
     facts,
     load,
     mean_std,
@@ -46,12 +46,14 @@ from .report_analysis import (  # noqa: F401  (re-exported: the report's public 
     n_classes,
     run_fields,
     welch_p,
+    write_csv,
 )
 
 OUTPUTS = ("summary.csv", "learning_curves.csv", "flagged_runs.csv", "comparisons.csv",
            "acc_vs_bits.csv", "acc_vs_noise.csv", "drift.csv", "best_test_acc.png",
            "slowness.png", "learning_curves.png", "pulses.png", "optimizer_memory.png",
-           "acc_vs_bits.png", "acc_vs_noise.png", "drift.png")
+           "acc_vs_bits.png", "acc_vs_noise.png", "drift.png", "tuning.csv", "tuning.png",
+           "device_state.csv", "saturation.png", "equal_lr.csv")
 """Every file besides report.md a report may write (stale ones are removed)."""
 
 
@@ -60,20 +62,6 @@ def _fmt(m: float, s: float, digits: int = 4) -> str:
     if not math.isfinite(m):
         return "–"
     return f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if math.isfinite(s) else "")
-
-
-def _csv_num(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return ""
-    return repr(v) if isinstance(v, float) else v
-
-
-def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        for r in rows:
-            w.writerow([_csv_num(v) for v in r])
 
 
 def _md_table(header: list[str], rows: list[list[Any]]) -> str:
@@ -185,6 +173,20 @@ def write_report(dir_: str | Path) -> Path:
     pngs: list[tuple[str, str]] = []
     notes: list[str] = []
 
+    if not an.runs:  # a tuned study whose seeds have not started: its tuning so far
+        from .report_tuning import device_section, tuning_section
+
+        tune_md, tune_files = tuning_section(an, d, fx)
+        dev_md, dev_files = device_section(an, d, fx)
+        st = an.study or {}
+        md = [f"# Report: {st.get('name') or 'sweep'} (tuning only)", "",
+              *[f"> warning: {w}" for w in an.warnings], "", *tune_md, *dev_md,
+              "Files: " + ", ".join(f"`{f}`" for f in ["report.md", *tune_files, *dev_files])
+              + ".", ""]
+        for stale in set(OUTPUTS) - set(tune_files) - set(dev_files):
+            (d / stale).unlink(missing_ok=True)
+        (d / "report.md").write_text("\n".join(md))
+        return d / "report.md"
     header, rows = summary_rows(an)
     write_csv(d / "summary.csv", header, rows)
     write_csv(d / "flagged_runs.csv", [*an.group_fields, "seed", "key", "status", "flag",
@@ -236,6 +238,12 @@ def write_report(dir_: str | Path) -> Path:
                                                "every run): no memory plot.")):
         if name not in written:
             notes.append(why)
+    from .report_tuning import device_section, tuning_section
+
+    tune_md, tune_files = tuning_section(an, d, fx)
+    dev_md, dev_files = device_section(an, d, fx)
+    files += [f for f in tune_files + dev_files if f.endswith(".csv")]
+    extra_png = [f for f in tune_files + dev_files if f.endswith(".png")]
     comps = grapes_comparisons(an)
     if comps:
         write_csv(d / "comparisons.csv",
@@ -245,11 +253,11 @@ def write_report(dir_: str | Path) -> Path:
                   [[c.context, c.method, c.baseline, c.mean, c.mean_base, c.n, c.n_base, c.p,
                     c.verdict, *c.slowness] for c in comps])
         files.append("comparisons.csv")
-    files += [name for name, _ in pngs]
+    files += [name for name, _ in pngs] + extra_png
     for stale in set(OUTPUTS) - set(files):
         (d / stale).unlink(missing_ok=True)
 
-    md = _markdown(an, fx, comps, pngs, files, notes)
+    md = _markdown(an, fx, comps, pngs, files, notes, tune_md + dev_md)
     out = d / "report.md"
     tmp = d / "report.md.tmp"
     tmp.write_text(md)
@@ -313,7 +321,9 @@ def _slow_cell(g: Group) -> str:
 def _results(an: Analysis) -> list[str]:
     units = sorted({r["pulses_unit"] for r in an.runs if r.get("status") in FINISHED})
     one_unit = len(units) == 1
-    head = [*an.group_fields, "runs", "n", "diverged", "errors", "flagged", "best test acc",
+    tuned = [f"{an.tuned} (tuned)"] if an.tuned else []
+    head = [*an.group_fields, *tuned, "runs", "n", "diverged", "errors", "flagged",
+            "best test acc",
             "final test acc", "slowness",
             f"pulses ({units[0]})" if one_unit else "pulses", "optimizer state (B)"]
     rows = []
@@ -327,7 +337,9 @@ def _results(an: Analysis) -> list[str]:
         pulses = f"{pu:.3g}" if math.isfinite(pu) else "–"
         if not one_unit and g_units and math.isfinite(pu):
             pulses += f" {' / '.join(g_units)}"
-        rows.append([*g.values.values(), len(g.runs), n, f"**{nd}**" if nd else "0",
+        tv = ["/".join(sorted({disp((r.get("config") or {}).get(an.tuned)) for r in g.runs}))
+              ] if an.tuned else []
+        rows.append([*g.values.values(), *tv, len(g.runs), n, f"**{nd}**" if nd else "0",
                      f"**{ne}**" if ne else "0", f"**{nf}**" if nf else "0", _fmt(ba, bs),
                      _fmt(fa, fs), _slow_cell(g), pulses,
                      f"{mem:.0f}" if math.isfinite(mem) else "–"])
@@ -441,7 +453,8 @@ def _flagged(an: Analysis) -> list[str]:
     return lines
 
 
-def _markdown(an: Analysis, fx, comps: list[Comparison], pngs, files, notes=()) -> str:
+def _markdown(an: Analysis, fx, comps: list[Comparison], pngs, files, notes=(),
+              sections=()) -> str:
     st = an.study or {}
     title = f"# Report: {st.get('name') or 'sweep'}{' (quick variant)' if st.get('quick') else ''}"
     lines = [title, "", f"*{fx.line()}.*", "", *_what_ran(an, fx)]
@@ -458,7 +471,8 @@ def _markdown(an: Analysis, fx, comps: list[Comparison], pngs, files, notes=()) 
         lines += ["## Settings shared by all runs", "",
                   ", ".join(f"`{k}={v}`" for k, v in an.fixed.items()), ""]
     lines += [f"> warning: {w}" for w in an.warnings] + ([""] if an.warnings else [])
-    lines += _results(an) + _best_per_setting(an) + _grapes(an, comps) + _flagged(an)
+    lines += _results(an) + _best_per_setting(an) + _grapes(an, comps) + list(sections)
+    lines += _flagged(an)
     lines += ["## Plots", "", "One colour and marker per rule in every figure; error bars "
               "(± std over seeds) only where n > 1.", ""]
     for png, caption in pngs:

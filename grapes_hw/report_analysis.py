@@ -17,6 +17,7 @@ device that should write, or has a rejected plateau fit.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import re
@@ -55,6 +56,20 @@ _ROUNDING_ORDER = ("stochastic", "nearest")
 
 
 # ---- small helpers -------------------------------------------------------------------------
+def _csv_num(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return ""
+    return repr(v) if isinstance(v, float) else v
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for r in rows:
+            w.writerow([_csv_num(v) for v in r])
+
+
 def disp(v: Any) -> str:
     if v is None:
         return "none"
@@ -282,6 +297,10 @@ class Analysis:
     fixed: dict[str, str]
     study: dict | None
     warnings: list[str]
+    tune_runs: list[dict] = field(default_factory=list)
+    """Tuning runs (``phase == "tune"``) of a study with ``[tune]``; not in ``runs``."""
+    tuned: str | None = None
+    """The field tuning chose per group (left out of the grouping, shown as a column)."""
     _group_of: dict[int, Group] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -343,9 +362,10 @@ def _field_key(name: str, value: str, device: dict | None) -> tuple:
 
 
 def analyse(runs: list[dict], study: dict | None = None,
-            warnings: list[str] | None = None) -> Analysis:
+            warnings: list[str] | None = None, tune_runs: list[dict] | None = None,
+            tuned: str | None = None) -> Analysis:
     runs = [recheck(r) for r in runs]
-    fields_per_run = [run_fields(r) for r in runs]
+    fields_per_run = [{k: v for k, v in run_fields(r).items() if k != tuned} for r in runs]
     names = list(dict.fromkeys(k for f in fields_per_run for k in f))
     varying = [k for k in names if len({f.get(k, "none") for f in fields_per_run}) > 1]
     fixed = {k: fields_per_run[0].get(k, "none") for k in names if k not in varying} \
@@ -371,7 +391,7 @@ def analyse(runs: list[dict], study: dict | None = None,
 
     groups = sorted(by_key.values(), key=key)
     return Analysis(runs, groups, group_fields, method_fields, context_fields, fixed, study,
-                    list(warnings or []))
+                    list(warnings or []), list(tune_runs or []), tuned)
 
 
 def load(dir_: str | Path) -> Analysis:
@@ -382,8 +402,10 @@ def load(dir_: str | Path) -> Analysis:
     if not path.is_file():
         raise ConfigError("DIR", f"no {RUNS_FILE} in {d}; run 'grapes-hw sweep' first")
     records, warnings = read_runs(path)
-    runs = list(latest_by_key(records).values())
-    if not runs:
+    every = list(latest_by_key(records).values())
+    runs = [r for r in every if r.get("phase") != "tune"]
+    tune_runs = [r for r in every if r.get("phase") == "tune"]
+    if not every:
         raise ConfigError("DIR", f"{path} holds no results yet")
     study = None
     sp = d / STUDY_FILE
@@ -392,7 +414,12 @@ def load(dir_: str | Path) -> Analysis:
             study = json.loads(sp.read_text())
         except ValueError:
             warnings.append(f"{sp}: not valid JSON; ignored")
-    return analyse(runs, study, warnings)
+    tuned = ((study or {}).get("tune") or {}).get("field") if tune_runs or (
+        (study or {}).get("tune")) else None
+    if tune_runs and not runs:
+        warnings.append(f"only tuning runs have finished ({len(tune_runs)}); the study's runs "
+                        "at the tuned values have not started")
+    return analyse(runs, study, warnings, tune_runs, tuned)
 
 
 # ---- what ran ------------------------------------------------------------------------------

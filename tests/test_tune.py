@@ -200,3 +200,31 @@ def test_sigkill_in_both_phases_then_resume(tmp_path):
     finals, waiting = final_runs(st, choices)
     assert not missing and not waiting
     assert sorted(keys) == sorted([t.key for t in tune_runs] + [f.key for f in finals])
+
+
+def test_report_of_a_tuned_sweep(tmp_path):
+    """The report keeps tuning runs out of the study's tables, shows each group's tuning
+    curve with the metric recomputed here from runs.jsonl and the chosen value, groups the
+    study's runs without splitting them by their tuned lr (so GRAPES is compared with its
+    baseline), and writes the device-state and equal-lr tables."""
+    from grapes_hw.report import write_report
+
+    study = study_from_dict(tuned_study())
+    out = tmp_path / "out"
+    run_sweep(study, out=str(out), workers=1, quiet=True)
+    md = write_report(out).read_text()
+    recs = [json.loads(x) for x in (out / RUNS_FILE).read_text().splitlines()]
+    tune_recs = [r for r in recs if r.get("phase") == "tune"]
+    assert "## Tuning" in md and "lr (tuned)" in md
+    for r in tune_recs:  # one tuning seed: each cell is that run's best validation accuracy
+        assert f"{max(e['val_acc'] for e in r['epochs']):.4f}" in md
+    chosen = {g["group"]: g["value"] for g in json.loads((out / TUNING_FILE).read_text())
+              ["groups"]}
+    tuning_csv = (out / "tuning.csv").read_text().splitlines()
+    assert len(tuning_csv) == 1 + 2 * 2  # 2 tuned groups x 2 values (lr-matched is linked)
+    assert all(",sgd" in row for row in tuning_csv[1:])
+    assert (out / "tuning.png").is_file() and (out / "equal_lr.csv").is_file()
+    assert "## Device state and write cost per layer" in md  # GRAPES factors per layer
+    # the study's groups are not split by their (different) tuned lrs: comparisons exist
+    assert "sgd + GRAPES (propagating)" in (out / "comparisons.csv").read_text()
+    assert set(chosen.values()) <= {0.001, 0.2}
