@@ -104,8 +104,14 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="hold the GRAPES factor at this many bits (default: full precision)")
     p.add_argument("--grapes-ideal-read", action="store_true",
                    help="GRAPES importance from ideal stored weights, not the hardware read")
-    p.add_argument("--model", choices=("mlp", "snu", "ssnu"), default="mlp",
-                   help="mlp, or spiking neural units (snu) / soft SNUs (ssnu) with BPTT")
+    p.add_argument("--model", choices=("mlp", "snu", "ssnu", "cnn"), default="mlp",
+                   help="mlp, spiking neural units (snu) / soft SNUs (ssnu) with BPTT, or a "
+                        "convolutional network (cnn: --conv, then --layers as the dense head)")
+    p.add_argument("--conv", default=None, metavar="SPEC",
+                   help="cnn: conv layers CHANNELS:KERNEL[:POOL], comma-separated; stride 1, "
+                        "'same' padding (KERNEL // 2, odd kernels), each followed by the "
+                        "activation and 2x2 pooling, POOL max (the default), avg or none "
+                        "(default with --model cnn: 16:5,32:5)")
     p.add_argument("--time-steps", type=positive_int, default=20, metavar="N",
                    help="snu/ssnu: rate-coding steps per training sample")
     p.add_argument("--test-time-steps", type=positive_int, default=20, metavar="N",
@@ -142,6 +148,7 @@ def config_from_args(args: argparse.Namespace):
         grapes_ideal_read=args.grapes_ideal_read, data_dir=args.data_dir,
         velocity_bits=args.velocity_bits, velocity_rounding=args.velocity_rounding,
         download=not args.no_download, drift_eval=args.drift_eval, model=args.model,
+        conv=args.conv,
         time_steps=args.time_steps,
         test_time_steps=args.test_time_steps,
     )

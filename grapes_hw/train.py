@@ -36,6 +36,9 @@ from .metrics import fit_plateau
 from .network import HWLinear, Network, he_uniform
 from .optim import make_optimizer
 
+MODELS = ("mlp", "snu", "ssnu", "cnn")
+"""The network models ``TrainConfig.model`` takes."""
+
 
 @dataclass
 class TrainConfig:
@@ -96,7 +99,12 @@ class TrainConfig:
     velocity_rounding: str = "nearest"
     """Rounding of the fixed-point velocity: nearest or stochastic (seeded)."""
     model: str = "mlp"
-    """Network model: mlp, snu (spiking neural units) or ssnu (soft SNUs), see snu.py."""
+    """Network model: mlp, snu (spiking neural units) or ssnu (soft SNUs), see snu.py, or cnn
+    (convolutional, see cnn.py)."""
+    conv: str | None = None
+    """CNN: conv layers ``CHANNELS:KERNEL[:POOL]``, comma-separated (stride 1, "same"
+    padding, odd kernels; POOL max (2x2, the default), avg or none); ``layers`` is then the
+    dense head. None: ``16:5,32:5`` with --model cnn (must be None for the other models)."""
     time_steps: int = 20
     """SNU/sSNU: rate-coding steps N_s per training presentation (the paper uses 20)."""
     test_time_steps: int = 20
@@ -155,9 +163,14 @@ class TrainConfig:
         require(self.time_steps >= 1, "--time-steps", f"got {self.time_steps}; must be >= 1")
         require(self.test_time_steps >= 1, "--test-time-steps",
                 f"got {self.test_time_steps}; must be >= 1")
+        require(self.model in MODELS, "--model",
+                f"got {self.model!r}; allowed values: {', '.join(MODELS)}")
+        from .cnn import check_config as check_cnn
         from .snu import check_config
 
-        check_config(self)  # --model and what the spiking models support
+        if self.model != "cnn":
+            check_config(self)  # what the spiking models support
+        check_cnn(self)  # --conv, and what the CNN supports
 
     def resolved_lr(self) -> tuple[float, str]:
         """The learning rate this run trains at and why: ``(lr, "given")``, or with ``lr``
@@ -364,6 +377,10 @@ def run(cfg: TrainConfig, *, progress: bool = False,
     from .data import load_dataset
 
     cfg.check()
+    if cfg.model == "cnn":
+        from .cnn import run_cnn
+
+        return run_cnn(cfg, progress=progress, on_epoch=on_epoch, dataset=dataset)
     if cfg.model != "mlp":
         from .snu import run_snu
 
