@@ -42,7 +42,8 @@ from .errors import ConfigError
 class BackendKind:
     """How to build one kind of backend: ``module:Params`` and ``module:factory`` paths.
 
-    ``factory(shape, params, noise, seed)`` returns a WeightBackend.
+    ``factory(shape, params, seed)`` returns the bare WeightBackend; ``make_backend`` wraps it
+    in the model's noise (once, for every kind).
     """
 
     params: str
@@ -99,7 +100,7 @@ class DeviceModel:
     """Anything else to record with the model (JSON-able; in ``to_dict`` under ``extra`` when
     not empty). A model made from an aihwkit rpu_config object keeps its ``repr`` here."""
     factory: Callable[..., Any] | None = field(default=None, repr=False, compare=False)
-    """Builds one layer's backend as ``factory(shape, params, noise, seed)`` in place of the
+    """Builds one layer's backend as ``factory(shape, params, seed)`` in place of the
     kind's registered factory (``BACKEND_KINDS``); None: the registered one. Set by
     ``device_model_from_rpu_config``; a factory for a custom weight store can be given too."""
 
@@ -237,7 +238,12 @@ def make_backend(model: DeviceModel, shape: tuple[int, int], seed: int):
     factory = model.factory
     if factory is None:
         _, factory = BACKEND_KINDS[model.backend].load()
-    return factory(shape, model.params, model.noise, seed)
+    backend = factory(shape, model.params, seed)
+    if model.noise is None:
+        return backend
+    from .noise import wrap_with_noise
+
+    return wrap_with_noise(backend, model.noise, seed)
 
 
 def is_rpu_config(obj: Any) -> bool:
@@ -255,25 +261,16 @@ def is_rpu_config(obj: Any) -> bool:
 class RPUConfigFactory:
     """The backend factory of a model made from an rpu_config object: every layer gets
     ``AnalogTileBackend(shape, params, seed, rpu_config=...)`` (a copy of the config; a grid
-    of them when ``params.tile_size`` is smaller than the layer), wrapped in the model's noise
-    if any. A class rather than a closure, so a ``DeviceModel`` holding it pickles."""
+    of them when ``params.tile_size`` is smaller than the layer). A class rather than a
+    closure, so a ``DeviceModel`` holding it pickles."""
 
     def __init__(self, rpu_config: Any):
         self.rpu_config = rpu_config
 
-    def __call__(self, shape, params, noise, seed):
-        from .backends.analog import AnalogTileBackend, SplitAnalogBackend
+    def __call__(self, shape, params, seed):
+        from .backends.analog import make_analog
 
-        size = params.tile_size
-        if size is not None and (shape[0] > size or shape[1] > size):
-            backend = SplitAnalogBackend(shape, params, seed, rpu_config=self.rpu_config)
-        else:
-            backend = AnalogTileBackend(shape, params, seed, rpu_config=self.rpu_config)
-        if noise is not None:
-            from .noise import wrap_with_noise
-
-            return wrap_with_noise(backend, noise, seed)
-        return backend
+        return make_analog(shape, params, seed, rpu_config=self.rpu_config)
 
 
 def device_model_from_rpu_config(rpu_config: Any, *, name: str | None = None,

@@ -66,8 +66,8 @@ class HWLinear:
     def forward(self, x: torch.Tensor, train: bool = True) -> torch.Tensor:
         if train:
             a = self.backend.forward(x)
-        else:  # test-time MVM where the backend distinguishes it (analog: drift applies)
-            a = getattr(self.backend, "forward_inference", self.backend.forward)(x)
+        else:  # the test-time MVM (analog inference tiles: drift and compensation apply)
+            a = self.backend.forward_inference(x)
         if self.bias is not None:
             a = a + self.bias.w[:, 0].to(a.dtype)
         return a

@@ -41,7 +41,7 @@ from typing import Literal
 
 import torch
 
-from .backends.base import MemoryReport
+from .backends.base import Abilities, MemoryReport
 from .config import require
 
 StuckValue = Literal["zero", "max", "min", "random_end"]
@@ -88,10 +88,9 @@ class NoisyBackend:
     """A weight backend with ``NoiseParams`` noise around ``inner`` (module docstring)."""
 
     def __init__(self, inner, params: NoiseParams, seed: int = 0):
-        for meth in ("stored", "store"):
-            if not callable(getattr(inner, meth, None)):
-                raise TypeError(f"{type(inner).__name__} lacks {meth}(); noise models need "
-                                "stored()/store(w) (see backends/base.py)")
+        if not inner.abilities.store:
+            raise TypeError(f"{type(inner).__name__} does not declare stored()/store(w) "
+                            "(abilities.store), which noise models need (backends/base.py)")
         params.check()
         self.inner = inner
         self.noise = params
@@ -117,9 +116,8 @@ class NoisyBackend:
     # -- reference scale and stuck cells ---------------------------------------------------
     def ref(self) -> float:
         """The reference scale of the sigmas (``weight_range()`` or max |W| at programming)."""
-        wr = getattr(self.inner, "weight_range", None)
-        if callable(wr):
-            return float(wr())
+        if self.inner.abilities.weight_range:
+            return float(self.inner.weight_range())
         if self._ref is None:
             self._ref = float(self.inner.stored().abs().max())
         return self._ref
@@ -161,7 +159,7 @@ class NoisyBackend:
     # -- programming and reading -------------------------------------------------------------
     def program(self, w: torch.Tensor) -> None:
         self.inner.program(w)
-        if getattr(self.inner, "weight_range", None) is None:
+        if not self.inner.abilities.weight_range:
             self._ref = float(self.inner.stored().abs().max())
         self._stuck_vals = None
         p = self.noise
@@ -183,7 +181,19 @@ class NoisyBackend:
     @property
     def exact_read(self) -> bool:
         """Only without read noise is ``read()`` the inner backend's own tensor."""
-        return self.noise.read_sigma == 0 and bool(getattr(self.inner, "exact_read", False))
+        return self.noise.read_sigma == 0 and self.inner.abilities.exact_read
+
+    @property
+    def abilities(self) -> Abilities:
+        """The inner backend's, with a reference scale for the sigmas always, and an exact
+        read only without read noise."""
+        a = self.inner.abilities
+        return Abilities(store=True, weight_range=True, drift=a.drift,
+                         exact_read=self.exact_read)
+
+    def program_and_drift(self, t_seconds: float, compensation: bool | None = None) -> None:
+        """The inner inference tile's programming and drift (``abilities.drift``)."""
+        self.inner.program_and_drift(t_seconds, compensation)
 
     def read(self) -> torch.Tensor:
         s = self.inner.read()
@@ -199,6 +209,14 @@ class NoisyBackend:
     # -- compute -----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.inner.forward(x)
+        if self.noise.read_sigma > 0:
+            n = self._noise(self.noise.read_sigma, self._g_read, x.dtype)
+            y = y.addmm_(x, n.T) if y.dtype == x.dtype else y + x @ n.T
+        return y
+
+    def forward_inference(self, x: torch.Tensor) -> torch.Tensor:
+        """The inner backend's test-time MVM, with the same read noise as ``forward``."""
+        y = self.inner.forward_inference(x)
         if self.noise.read_sigma > 0:
             n = self._noise(self.noise.read_sigma, self._g_read, x.dtype)
             y = y.addmm_(x, n.T) if y.dtype == x.dtype else y + x @ n.T
@@ -246,11 +264,6 @@ class NoisyBackend:
         """What ``pulses()`` counts: the inner backend's unit (noise adds no writes)."""
         return self.inner.pulse_unit
 
-    def __getattr__(self, name):
-        # Backend-specific attributes (params, q, step, ...) pass through to the inner backend.
-        if name in ("inner", "noise"):
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
 
 def wrap_with_noise(backend, noise: NoiseParams | None, seed: int = 0):

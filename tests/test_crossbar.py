@@ -42,9 +42,8 @@ def _data(n_out=7, n_in=10, batch=5, seed=0):
 
 
 def _pair(rpu_config=FP, tile_size=4, **kw):
-    split = make_analog(SHAPE, AnalogParams(rpu_config=rpu_config, tile_size=tile_size, **kw),
-                        None, 0)
-    whole = make_analog(SHAPE, AnalogParams(rpu_config=rpu_config, **kw), None, 0)
+    split = make_analog(SHAPE, AnalogParams(rpu_config=rpu_config, tile_size=tile_size, **kw), 0)
+    whole = make_analog(SHAPE, AnalogParams(rpu_config=rpu_config, **kw), 0)
     return split, whole
 
 
@@ -55,7 +54,7 @@ def test_tile_size_builds_a_grid_of_arrays_only_when_the_layer_is_larger():
     assert [[t.shape for t in row] for row in split.tiles] == [
         [(4, 4), (4, 4), (4, 2)], [(3, 4), (3, 4), (3, 2)]]
     # A layer that fits one array keeps the plain (fast) single-tile backend.
-    fits = make_analog(SHAPE, AnalogParams(rpu_config=FP, tile_size=10), None, 0)
+    fits = make_analog(SHAPE, AnalogParams(rpu_config=FP, tile_size=10), 0)
     assert type(fits) is AnalogTileBackend
 
 
@@ -96,7 +95,7 @@ def test_split_pcm_counts_devices_and_pulses_over_all_arrays():
     w, x, d = _data()
     params = AnalogParams(rpu_config="PCMPreset", tile_size=4,
                           set={"mapping.weight_scaling_omega": 1.0})
-    split = make_analog(SHAPE, params, None, 0)
+    split = make_analog(SHAPE, params, 0)
     assert split.n_tiles == 6 and split.n_devices == 2
     m = split.memory()
     assert m.n_weights == 70 and m.device_count == 140

@@ -43,8 +43,11 @@ def test_wrapper_implements_the_protocol():
     assert b.memory() == b.inner.memory()
     assert wrap_with_noise(b.inner, None, 0) is b.inner
 
-    class NoStore:
+    from grapes_hw.backends.base import Abilities
+
+    class NoStore:  # declares no stored()/store(w)
         shape = (2, 2)
+        abilities = Abilities()
 
     with pytest.raises(TypeError, match="stored"):
         wrap_with_noise(NoStore(), NoiseParams(), 0)

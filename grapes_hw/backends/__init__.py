@@ -6,12 +6,8 @@ from .base import MemoryReport, WeightBackend
 from .float_backend import FloatBackend, FloatParams
 
 
-def make_float(shape, params, noise, seed):
+def make_float(shape, params, seed):
     """Factory for ``backend = "float"`` device models."""
-    if noise is not None:
-        from ..noise import wrap_with_noise
-
-        return wrap_with_noise(FloatBackend(shape, params), noise, seed)
     return FloatBackend(shape, params)
 
 

@@ -51,7 +51,7 @@ import torch
 
 from ..config import require
 from ..errors import BackendUnavailable, ConfigError
-from .base import MemoryReport
+from .base import Abilities, MemoryReport
 
 INSTALL_HINT = (
     "the analog backend needs IBM aihwkit 1.2.0 built against your torch: run `make setup` "
@@ -256,6 +256,9 @@ class AnalogTileBackend:
                                                bias=False)
         self.training = True
         self._drift_compensation = getattr(self.tile.rpu_config, "drift_compensation", None)
+        # Inference tiles (InferenceRPUConfig) can be programmed for inference and drift.
+        self.abilities = Abilities(store=True, drift=hasattr(self.tile, "drift_weights")
+                                   and hasattr(self.tile.rpu_config, "noise_model"))
         self._lr: float | None = None
         self._pulses = 0.0
         self._writes = 0    # pulsed tile updates (rank updates and column-wise writes)
@@ -450,8 +453,7 @@ class AnalogTileBackend:
         """Program the current weights to the device with the noise model of an
         ``InferenceRPUConfig`` and let them drift for ``t_seconds``; ``compensation`` turns
         global drift compensation on or off (None: as configured)."""
-        if not (hasattr(self.tile, "drift_weights")
-                and hasattr(self.tile.rpu_config, "noise_model")):
+        if not self.abilities.drift:
             raise ConfigError("analog.rpu_config", "drift needs an InferenceRPUConfig-based "
                                                    f"tile, got {type(self.rpu_config).__name__}")
         if compensation is not None:
@@ -530,6 +532,7 @@ class SplitAnalogBackend:
         self.dw_min, self.pulsed = first.dw_min, first.pulsed
         self.n_devices, self.mixed_precision = first.n_devices, first.mixed_precision
         self._training = True
+        self.abilities = Abilities(store=True, drift=all(t.abilities.drift for t in self._all()))
 
     @property
     def n_tiles(self) -> int:
@@ -634,19 +637,15 @@ class SplitAnalogBackend:
             t.program_and_drift(t_seconds, compensation)
 
 
-def make_analog(shape, params, noise, seed):
+def make_analog(shape, params, seed, rpu_config: Any = None):
     """Factory for ``backend = "analog"`` device models: one tile per layer, or a grid of
-    arrays when ``params.tile_size`` is smaller than the layer."""
-    size = params.tile_size if params is not None else None
+    arrays when ``params.tile_size`` is smaller than the layer (``rpu_config``: an aihwkit
+    config object instead of the one ``params`` names)."""
+    params = params or AnalogParams()
+    size = params.tile_size
     if size is not None and (shape[0] > size or shape[1] > size):
-        backend = SplitAnalogBackend(shape, params, seed)
-    else:
-        backend = AnalogTileBackend(shape, params, seed)
-    if noise is not None:
-        from ..noise import wrap_with_noise
-
-        return wrap_with_noise(backend, noise, seed)
-    return backend
+        return SplitAnalogBackend(shape, params, seed, rpu_config=rpu_config)
+    return AnalogTileBackend(shape, params, seed, rpu_config=rpu_config)
 
 
 def parse_preset_citation(name: str) -> str:
@@ -674,8 +673,10 @@ def drift_evaluation(net, x_test: torch.Tensor, y_test: torch.Tensor,
     mean and std of the test accuracy are reported. Needs InferenceRPUConfig-based tiles.
     """
     layers = [layer.backend for layer in net.layers]
-    if not all(isinstance(b, (AnalogTileBackend, SplitAnalogBackend)) for b in layers):
-        raise ConfigError("--drift-eval", "needs every layer on an analog backend")
+    if not all(b.abilities.drift for b in layers):
+        raise ConfigError("--drift-eval", "needs every layer on an analog inference tile "
+                                          "(an InferenceRPUConfig-based device model, e.g. "
+                                          "pcm-inference)")
     out = []
     torch.manual_seed(seed)
     for comp in (True, False):

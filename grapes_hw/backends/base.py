@@ -17,20 +17,23 @@ postsynaptic nodes) and offers the operations an in-memory-computing array offer
 * ``program(w)``: write an initial weight matrix (programming noise applies here);
 * ``memory()`` and ``pulses()``: cost accounting.
 
-Optional methods, needed by the noise models of ``grapes_hw.noise`` (``wrap_with_noise``):
+* ``forward_inference(x)``: the MVM at test time (analog inference tiles apply drift and its
+  compensation there; everywhere else it is ``forward``);
+* ``write_stats()``: cumulative device-state counters (analog: pulsed writes, write-verify
+  repeats, devices near saturation; ``{}`` for digital stores).
 
-* ``stored()``: the clean stored weights as a float tensor of ``shape`` (no read noise; may be
-  the backend's own tensor, so callers must not modify it);
-* ``store(w)``: set the stored weights to ``w`` as far as the format allows (a fixed-point
-  backend rounds and saturates, an analog one programs), without counting ``pulses()``;
-* ``weight_range()``: the reference scale of noise sigmas (fixed point: ``w_max``); without it
-  the noise model uses the layer's max |W| right after ``program()``.
+Optional abilities are *declared*, never guessed: every backend has ``abilities``, an
+``Abilities`` record saying which optional methods it has:
 
-Optional attribute:
-
-* ``exact_read``: True when ``read()`` returns the backend's own stored tensor (no copy, no
-  read non-idealities), so statistics of ``read()`` such as ``abs_sums`` may be computed on it
-  in place, fused with other work. Absent means False.
+* ``store``: ``stored()`` (the clean stored weights as a float tensor of ``shape``, no read
+  noise; may be the backend's own tensor, so callers must not modify it) and ``store(w)``
+  (set the stored weights to ``w`` as far as the format allows, without counting
+  ``pulses()``); the noise models of ``grapes_hw.noise`` need them;
+* ``weight_range``: ``weight_range()``, the reference scale of noise sigmas (fixed point:
+  ``w_max``); without it the noise model uses the layer's max |W| right after ``program()``;
+* ``drift``: ``program_and_drift(t_seconds, compensation)`` (analog inference tiles);
+* ``exact_read``: ``read()`` returns the backend's own stored tensor (no copy, no read
+  non-idealities), so statistics of it may be computed in place.
 
 Learning rules never reach into a backend's internals and backends never know the rule.
 """
@@ -41,6 +44,20 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
+
+
+@dataclass(frozen=True)
+class Abilities:
+    """The optional abilities a backend declares (module docstring)."""
+
+    store: bool = False
+    """``stored()`` and ``store(w)``."""
+    weight_range: bool = False
+    """``weight_range()``: the reference scale of noise sigmas."""
+    drift: bool = False
+    """``program_and_drift(t_seconds, compensation)``: inference programming and drift."""
+    exact_read: bool = False
+    """``read()`` returns the backend's own stored tensor."""
 
 
 @dataclass(frozen=True)
@@ -72,10 +89,16 @@ class WeightBackend(Protocol):
 
     shape: tuple[int, int]
     """``(n_out, n_in)``."""
+    abilities: Abilities
+    """Which optional methods the backend has."""
+    pulse_unit: str
+    """What ``pulses()`` counts (``writes``, ``cells changed``, ...)."""
 
     def program(self, w: torch.Tensor) -> None: ...
 
     def forward(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def forward_inference(self, x: torch.Tensor) -> torch.Tensor: ...
 
     def backward(self, delta: torch.Tensor) -> torch.Tensor: ...
 
@@ -90,3 +113,5 @@ class WeightBackend(Protocol):
     def memory(self) -> MemoryReport: ...
 
     def pulses(self) -> int: ...
+
+    def write_stats(self) -> dict: ...

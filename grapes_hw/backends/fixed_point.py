@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from ..config import require
-from .base import MemoryReport
+from .base import Abilities, MemoryReport
 
 Rounding = Literal["nearest", "stochastic"]
 
@@ -139,6 +139,7 @@ class FixedPointBackend:
 
     pulse_unit = "cells changed"
     """What ``pulses()`` counts: integer cells whose value an update changed."""
+    abilities = Abilities(store=True, weight_range=True)
 
     def __init__(self, shape: tuple[int, int], params: FixedParams | None = None,
                  seed: int = 0):
@@ -279,6 +280,9 @@ class FixedPointBackend:
         x = self._dac(x)
         return x @ self._w_as(x.dtype).T
 
+    def forward_inference(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(x)
+
     def backward(self, delta: torch.Tensor) -> torch.Tensor:
         delta = self._adc(delta)
         return delta @ self._w_as(delta.dtype)
@@ -318,14 +322,9 @@ class FixedPointBackend:
         return {}
 
 
-def make_fixed(shape, params, noise, seed):
-    """Factory for ``backend = "fixed"`` device models (noise wrapper when ``[noise]``)."""
-    backend = FixedPointBackend(shape, params, seed=seed)
-    if noise is not None:
-        from ..noise import wrap_with_noise
-
-        return wrap_with_noise(backend, noise, seed)
-    return backend
+def make_fixed(shape, params, seed):
+    """Factory for ``backend = "fixed"`` device models."""
+    return FixedPointBackend(shape, params, seed=seed)
 
 
 class VelocityFormat:

@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 
-from .base import MemoryReport
+from .base import Abilities, MemoryReport
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -31,6 +31,7 @@ class FloatBackend:
 
     exact_read = True
     """``read()`` is the stored tensor itself (see ``backends/base.py``)."""
+    abilities = Abilities(store=True, exact_read=True)
     pulse_unit = "writes"
     """What ``pulses()`` counts: every weight written by each update (digital writes)."""
 
@@ -71,6 +72,9 @@ class FloatBackend:
     # -- compute -----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x @ self.w.T
+
+    def forward_inference(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(x)
 
     def backward(self, delta: torch.Tensor) -> torch.Tensor:
         return delta @ self.w
