@@ -373,7 +373,11 @@ def _saturation_plot(an: Analysis, facts: Facts, path: Path) -> bool:
                 ys = [sum(c[e] for c in curves) / len(curves) for e in range(n_ep)]
                 kw = style.kw(g.method)
                 ax.plot(range(1, n_ep + 1), ys, label=style.label(g.method), markersize=4, **kw)
-            ax.set_title(f"{' '.join(ctx) or 'all'}, layer {li + 1}", fontsize=8)
+            backend = {disp((r.get("config") or {}).get("backend")) for g in groups
+                       if g.context == ctx for r in g.finished()}
+            ax.set_title(f"{' '.join(ctx) or '/'.join(sorted(backend))}, layer {li + 1}",
+                         fontsize=8)
+            ax.xaxis.get_major_locator().set_params(integer=True)
             ax.grid(alpha=0.3)
             if li == 0:
                 ax.set_ylabel("share near saturation")
@@ -389,8 +393,9 @@ def _saturation_plot(an: Analysis, facts: Facts, path: Path) -> bool:
     fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.93), fontsize=8,
                frameon=False)
     ns = [len(g.finished()) for g in groups]
-    fig.suptitle(f"Devices within 10% of their bound, mean over n = {min(ns)}-{max(ns)} seeds"
-                 f"\n{facts.line()}", fontsize=10)
+    n_txt = f"{min(ns)}" if min(ns) == max(ns) else f"{min(ns)}-{max(ns)}"
+    fig.suptitle(f"Devices within 10% of their bound, mean over n = {n_txt} seed"
+                 f"{'s' if max(ns) > 1 else ''}\n{facts.line()}", fontsize=10, y=1.13)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return True
