@@ -301,8 +301,7 @@ class HWConv2d:
                          self.padding)
             return a, ConvContext(x, None, (ho, wo))
         p = self.patches(x)
-        mvm = self.backend.forward if train else getattr(self.backend, "forward_inference",
-                                                         self.backend.forward)
+        mvm = self.backend.forward if train else self.backend.forward_inference
         out = mvm(p)
         if self.bias is not None:
             out = out.add_(self._bias(out.dtype))

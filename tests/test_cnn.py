@@ -499,7 +499,10 @@ def test_default_cnn_is_the_lenet_spec():
 
 
 def test_cnn_study_quick_variant_runs(tmp_path):
-    from grapes_hw.sweep import load_study, run_sweep
+    import subprocess
+    import sys
+
+    from grapes_hw.sweep import load_study, read_runs
 
     study = ROOT / "studies" / "cnn.toml"
     full = load_study(study, check_backends=False)
@@ -509,13 +512,16 @@ def test_cnn_study_quick_variant_runs(tmp_path):
     if any(r.config.backend.startswith("pcm") for r in quick.runs) and \
             importlib.util.find_spec("aihwkit") is None:
         pytest.skip("the quick variant runs a PCM tile: needs aihwkit")
-    summary = run_sweep(study, out=str(tmp_path / "o"), workers=1, quick=True, quiet=True,
-                        log=lambda s: None)
-    assert summary.statuses.get("error", 0) == 0
-    from grapes_hw.sweep import read_runs
-
-    recs, _ = read_runs(tmp_path / "o" / "runs.jsonl")
-    assert recs and all(r["status"] == "ok" for r in recs)
+    # In a subprocess: the sweep's forkserver keeps the environment it started with, and
+    # tests/test_sweep.py passes its crash switch to workers through the environment.
+    out = tmp_path / "o"
+    p = subprocess.run([sys.executable, "-m", "grapes_hw.cli", "sweep", str(study), "--quick",
+                        "--workers", "1", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    recs, _ = read_runs(out / "runs.jsonl")
+    assert len(recs) == len(quick.runs) + 3 * 3 * 2  # + tuning: 3 backends x 3 rules x 2 lrs
+    assert all(r["status"] == "ok" for r in recs)
     assert all(r["config"]["model"] == "cnn" for r in recs)
 
 
