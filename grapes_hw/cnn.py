@@ -94,7 +94,7 @@ class ConvLayerSpec:
         return f"{self.channels}:{self.kernel}" + ("" if self.pool == "max" else f":{self.pool}")
 
 
-def parse_conv(spec: str, option: str = "--conv") -> list[ConvLayerSpec]:
+def parse_conv(spec: str, option: str = "conv") -> list[ConvLayerSpec]:
     """``"16:5,32:5"`` -> conv layers; errors name ``option`` and the expected form."""
     form = ("expected comma-separated CHANNELS:KERNEL[:POOL] with positive integers, an odd "
             f"KERNEL and POOL one of {', '.join(POOLS)}, e.g. {DEFAULT_CONV}")
@@ -127,7 +127,7 @@ def conv_text(layers: list[ConvLayerSpec]) -> str:
 
 
 def feature_shapes(layers: list[ConvLayerSpec], in_shape: tuple[int, int, int],
-                   option: str = "--conv") -> list[tuple[int, int, int]]:
+                   option: str = "conv") -> list[tuple[int, int, int]]:
     """(C, H, W) after each conv layer's pooling, for input ``in_shape``; a spec whose
     pooling shrinks the image to nothing is a ConfigError naming ``option``."""
     c, h, w = in_shape
@@ -152,16 +152,16 @@ def resolved_conv(cfg) -> str:
 def check_config(cfg) -> None:
     """The CNN constraints on a TrainConfig (called by ``TrainConfig.check``)."""
     if cfg.model != "cnn":
-        require(cfg.conv is None, "--conv",
-                f"applies to --model cnn; got --model {cfg.model} with --conv {cfg.conv!r}")
+        require(cfg.conv is None, "conv",
+                f"applies to model 'cnn'; got model {cfg.model!r} with conv {cfg.conv!r}")
         return
     layers = parse_conv(resolved_conv(cfg))
     if cfg.dataset in IMAGE_SHAPES:
         feature_shapes(layers, (1, *IMAGE_SHAPES[cfg.dataset]))
-    require(cfg.credit in CREDITS, "--credit",
-            f"got {cfg.credit!r}; --model cnn supports {', '.join(CREDITS)} (DFA is not "
+    require(cfg.credit in CREDITS, "credit",
+            f"got {cfg.credit!r}; model 'cnn' supports {', '.join(CREDITS)} (DFA is not "
             "implemented for convolutions)")
-    require(cfg.dropout == 0, "--dropout", f"got {cfg.dropout}; --model cnn has no dropout")
+    require(cfg.dropout == 0, "dropout", f"got {cfg.dropout}; model 'cnn' has no dropout")
 
 
 # ---- which backends take torch's convolution kernels ----------------------------------------
@@ -570,7 +570,7 @@ class CNNLearner:
     def __init__(self, net: ConvNet, grapes: GrapesParameters, optimizer, credit: str = "bp",
                  generator: torch.Generator | None = None):
         if credit not in CREDITS:
-            raise ConfigError("credit", f"got {credit!r}; --model cnn supports "
+            raise ConfigError("credit", f"got {credit!r}; model 'cnn' supports "
                                         f"{', '.join(CREDITS)}")
         self.net = net
         self.grapes = grapes
@@ -750,7 +750,7 @@ def run_cnn(cfg, *, progress: bool = False, on_epoch=None, dataset=None) -> dict
     image_shape = tuple(data.image_shape)
     n_pix = image_shape[0] * image_shape[1]
     if x_train.shape[1] % n_pix:
-        raise ConfigError("--dataset", f"{data.name}: rows of {x_train.shape[1]} values are "
+        raise ConfigError("dataset", f"{data.name}: rows of {x_train.shape[1]} values are "
                                        f"not images of {image_shape}")
     spec = resolved_conv(cfg)
     net = build_cnn(cfg, model, image_shape, data.n_classes,
