@@ -413,13 +413,28 @@ def _version() -> str:
     return __version__
 
 
+def option_for(parser: argparse.ArgumentParser, command: str, field: str) -> str:
+    """The command's option for a library error's field: the library names Python fields
+    (``grapes_lower``), the CLI says ``--grapes-lower`` where the command has that option; a
+    study key (``axes.lr``), a device-file key or a name already spelt as a flag stays."""
+    if field.startswith("-"):
+        return field
+    flag = "--" + field.replace("_", "-")
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        sub = action.choices.get(command)
+        if sub is not None and flag in sub._option_string_actions:
+            return flag
+    return field
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except ConfigError as e:
-        print(f"{PROG} {args.command}: error: {e.field}: {e.message}", file=sys.stderr)
+        print(f"{PROG} {args.command}: error: {option_for(parser, args.command, e.field)}: "
+              f"{e.message}", file=sys.stderr)
         return 2
     except (DataError, BackendUnavailable) as e:
         print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)

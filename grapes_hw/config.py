@@ -45,7 +45,7 @@ def default_lr(optimizer: str) -> float:
     try:
         return DEFAULT_LR[optimizer]
     except KeyError:
-        raise ConfigError("--optimizer", f"got {optimizer!r}; allowed values: "
+        raise ConfigError("optimizer", f"got {optimizer!r}; allowed values: "
                                          f"{', '.join(DEFAULT_LR)}") from None
 
 

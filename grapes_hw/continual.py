@@ -68,9 +68,9 @@ def task_permutation(n_pixels: int, k: int, seed: int, task: int) -> np.ndarray:
     keeps its pixel); the result is fixed by (seed, task, k). ``k = 0`` is the identity.
     """
     if not 0 <= k <= n_pixels:
-        raise ConfigError("--k", f"got {k} pixels; must be in 0..{n_pixels}")
+        raise ConfigError("k", f"got {k} pixels; must be in 0..{n_pixels}")
     if k == 1:
-        raise ConfigError("--k", "a permutation cannot move exactly 1 pixel; use 0 or >= 2")
+        raise ConfigError("k", "a permutation cannot move exactly 1 pixel; use 0 or >= 2")
     perm = np.arange(n_pixels)
     if k == 0:
         return perm
@@ -114,16 +114,16 @@ class ContinualConfig:
 
     def check(self) -> None:
         require(self.base is not None, "base", "a TrainConfig is required")
-        require(self.n_tasks >= 1, "--tasks", f"got {self.n_tasks}; must be >= 1")
-        require(self.k >= 0, "--k", f"got {self.k}; must be >= 0")
-        require(self.k_pixels is None or self.k_pixels >= 0, "--k-pixels",
+        require(self.n_tasks >= 1, "tasks", f"got {self.n_tasks}; must be >= 1")
+        require(self.k >= 0, "k", f"got {self.k}; must be >= 0")
+        require(self.k_pixels is None or self.k_pixels >= 0, "k_pixels",
                 f"got {self.k_pixels}; must be >= 0")
-        require(self.epochs_per_task >= 1, "--epochs-per-task",
+        require(self.epochs_per_task >= 1, "epochs_per_task",
                 f"got {self.epochs_per_task}; must be >= 1")
-        require(len(self.rules) >= 1 and all(r in RULES for r in self.rules), "--rules",
+        require(len(self.rules) >= 1 and all(r in RULES for r in self.rules), "rules",
                 f"got {','.join(self.rules)}; allowed values: {', '.join(RULES)}")
-        require(len(self.backends) >= 1, "--backends", "give at least one device model")
-        require(len(self.seeds) >= 1 and all(s >= 0 for s in self.seeds), "--seeds",
+        require(len(self.backends) >= 1, "backends", "give at least one device model")
+        require(len(self.seeds) >= 1 and all(s >= 0 for s in self.seeds), "seeds",
                 f"got {list(self.seeds)}; expected non-negative integers")
         for r in self.rules:
             self.rule_config(r, self.backends[0], self.seeds[0]).check()
@@ -291,7 +291,7 @@ def run_continual(cc: ContinualConfig, out_dir: str | os.PathLike, *, quiet: boo
 
     cc.check()
     for b in cc.backends:
-        load_device_model(b, "--backends")  # fail before training
+        load_device_model(b, "backends")  # fail before training
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     base = cc.base
@@ -301,7 +301,7 @@ def run_continual(cc: ContinualConfig, out_dir: str | os.PathLike, *, quiet: boo
     n_pixels = int(np.prod(data.x_train.shape[1:]))
     k = cc.pixels(n_pixels)
     if not 0 <= k <= n_pixels or k == 1:
-        raise ConfigError("--k", f"gives {k} pixels for {n_pixels}-pixel images; "
+        raise ConfigError("k", f"gives {k} pixels for {n_pixels}-pixel images; "
                                  f"need 0 or 2..{n_pixels}")
     runs = []
     jsonl = out / "continual.jsonl"

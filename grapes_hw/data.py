@@ -228,7 +228,7 @@ class Dataset:
 
 def _check_name(name: str, allowed: Sequence[str] = DATASETS) -> None:
     if name not in allowed:
-        raise ConfigError("--dataset", f"got {name!r}; allowed values: {', '.join(allowed)}")
+        raise ConfigError("dataset", f"got {name!r}; allowed values: {', '.join(allowed)}")
 
 
 def _check_train_subset(train_subset: int | None) -> None:
@@ -236,7 +236,7 @@ def _check_train_subset(train_subset: int | None) -> None:
         return
     if isinstance(train_subset, bool) or not isinstance(train_subset, (int, np.integer)) \
             or train_subset < 1:
-        raise ConfigError("--train-subset",
+        raise ConfigError("train_subset",
                           f"got {train_subset!r}; must be a whole number >= 1 (or unset for all)")
 
 
@@ -246,7 +246,7 @@ def _check_val_fraction(val_fraction: float) -> float:
     except (TypeError, ValueError):
         v = math.nan
     if not (math.isfinite(v) and 0.0 <= v < 1.0):
-        raise ConfigError("--val-fraction", f"got {val_fraction!r}; must be in [0, 1)")
+        raise ConfigError("val_fraction", f"got {val_fraction!r}; must be in [0, 1)")
     return v
 
 
@@ -507,7 +507,7 @@ def find_dataset_dir(name: str, data_dir: str | os.PathLike | None = None) -> Pa
     """
     _check_name(name)
     if name not in IDX_DATASETS:
-        raise ConfigError("--dataset", f"{name!r} comes with scikit-learn and has no dataset "
+        raise ConfigError("dataset", f"{name!r} comes with scikit-learn and has no dataset "
                                        f"folder; datasets read from files: "
                                        f"{', '.join(IDX_DATASETS)}")
     found, report = _search(name, data_dir)
@@ -701,16 +701,16 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
     idx = np.arange(n)
     if train_subset is not None:
         if train_subset > n:
-            raise ConfigError("--train-subset", f"got {train_subset}; the {name} training set "
+            raise ConfigError("train_subset", f"got {train_subset}; the {name} training set "
                                                 f"has {n} samples, so allowed values are 1..{n}")
         idx = np.sort(rng.choice(n, size=int(train_subset), replace=False))
     val_idx = idx[:0]
     if val_fraction > 0:
         n_val = max(1, round(val_fraction * idx.size))
         if n_val >= idx.size:
-            raise ConfigError("--val-fraction", f"got {val_fraction}; it leaves no training "
+            raise ConfigError("val_fraction", f"got {val_fraction}; it leaves no training "
                                                 f"samples out of {idx.size}; use a smaller "
-                                                "value in [0, 1) or a larger --train-subset")
+                                                "value in [0, 1) or a larger train_subset")
         perm = rng.permutation(idx.size)
         val_idx, idx = np.sort(idx[perm[:n_val]]), np.sort(idx[perm[n_val:]])
 

@@ -156,7 +156,7 @@ def _resolve(name_or_path: str, option: str) -> Path:
                               f"{', '.join(stems)} (or give a path to a .toml file)")
 
 
-def load_device_model(name_or_path: str, option: str = "--backend") -> DeviceModel:
+def load_device_model(name_or_path: str, option: str = "backend") -> DeviceModel:
     """Load a device model by shipped name or TOML path; errors name the offending key.
 
     A ``DeviceModel`` or an aihwkit rpu_config object is accepted too (see

@@ -40,14 +40,17 @@ class GrapesParameters:
     """Compute importance from the ideal stored weights instead of the hardware read (a
     comparison switch; GRAPES on hardware sees what ``read()`` returns)."""
 
-    def check(self) -> None:
-        require(self.mode in ("off", "local", "propagating"), "--grapes",
+    def check(self, names: dict[str, str] | None = None) -> None:
+        """Errors name the field (``mode``, ``lower``, ``bits``), or the caller's name for it
+        from ``names`` (``TrainConfig`` calls them ``grapes``, ``grapes_lower``, ...)."""
+        n = {"mode": "mode", "lower": "lower", "bits": "bits", **(names or {})}
+        require(self.mode in ("off", "local", "propagating"), n["mode"],
                 f"got {self.mode!r}; allowed values: off, local, propagating")
         if self.lower is not None:
-            require(0.0 <= self.lower <= 2.0, "--grapes-lower",
+            require(0.0 <= self.lower <= 2.0, n["lower"],
                     f"got {self.lower}; must be in [0, 2] (or none for unbounded)")
         if self.bits is not None:
-            require(1 <= self.bits <= 16, "--grapes-bits", f"got {self.bits}; allowed 1..16")
+            require(1 <= self.bits <= 16, n["bits"], f"got {self.bits}; allowed 1..16")
 
 
 def importance_rows(w: torch.Tensor) -> torch.Tensor:

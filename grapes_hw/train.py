@@ -119,51 +119,52 @@ class TrainConfig:
     def check(self) -> None:
         from .data import DATASETS
 
-        require(self.dataset in DATASETS, "--dataset",
+        require(self.dataset in DATASETS, "dataset",
                 f"got {self.dataset!r}; allowed values: {', '.join(DATASETS)}")
-        require(len(self.layers) >= 1 and all(int(n) > 0 for n in self.layers), "--layers",
+        require(len(self.layers) >= 1 and all(int(n) > 0 for n in self.layers), "layers",
                 f"got {list(self.layers)}; expected positive integers, e.g. 256,256,256")
         require(isinstance(self.backend, (str, os.PathLike, DeviceModel))
                 or is_rpu_config(self.backend), "backend",
                 f"got a {type(self.backend).__name__}; expected a device model name, a path to "
                 "a .toml file, a grapes_hw.devices.DeviceModel or an aihwkit rpu_config object")
-        require(self.activation in ("relu", "tanh"), "--activation",
+        require(self.activation in ("relu", "tanh"), "activation",
                 f"got {self.activation!r}; allowed values: relu, tanh")
-        require(self.optimizer in ("sgd", "momentum", "nag", "rmsprop", "adam"), "--optimizer",
+        require(self.optimizer in ("sgd", "momentum", "nag", "rmsprop", "adam"), "optimizer",
                 f"got {self.optimizer!r}; allowed values: sgd, momentum, nag, rmsprop, adam")
-        require(self.credit in ("bp", "fa", "dfa"), "--credit",
+        require(self.credit in ("bp", "fa", "dfa"), "credit",
                 f"got {self.credit!r}; allowed values: bp, fa, dfa")
-        require(self.lr is None or is_positive_lr(self.lr), "--lr",
+        require(self.lr is None or is_positive_lr(self.lr), "lr",
                 f"got {self.lr!r}; must be a positive finite number, or unset for the "
                 f"optimizer's default ({default_lr_text()})")
-        require(0 <= self.momentum < 1, "--momentum", f"got {self.momentum}; must be in [0, 1)")
-        require(self.batch_size >= 1, "--batch-size", f"got {self.batch_size}; must be >= 1")
-        require(self.epochs >= 1, "--epochs", f"got {self.epochs}; must be >= 1")
-        require(self.train_subset is None or self.train_subset >= 1, "--train-subset",
+        require(0 <= self.momentum < 1, "momentum", f"got {self.momentum}; must be in [0, 1)")
+        require(self.batch_size >= 1, "batch_size", f"got {self.batch_size}; must be >= 1")
+        require(self.epochs >= 1, "epochs", f"got {self.epochs}; must be >= 1")
+        require(self.train_subset is None or self.train_subset >= 1, "train_subset",
                 f"got {self.train_subset}; must be >= 1")
         from .data import TRAIN_SIZES
 
         n_max = TRAIN_SIZES.get(self.dataset)
         require(self.train_subset is None or n_max is None or self.train_subset <= n_max,
-                "--train-subset", f"got {self.train_subset}; the {self.dataset} training set "
+                "train_subset", f"got {self.train_subset}; the {self.dataset} training set "
                                   f"has {n_max} samples, so allowed values are 1..{n_max}")
-        require(0 <= self.val_fraction < 1, "--val-fraction",
+        require(0 <= self.val_fraction < 1, "val_fraction",
                 f"got {self.val_fraction}; must be in [0, 1)")
-        require(0 <= self.dropout < 1, "--dropout", f"got {self.dropout}; must be in [0, 1)")
-        require(not (self.lr_matched and self.grapes != "off"), "--lr-matched",
-                "is the SGD control for GRAPES; use it with --grapes off")
-        self.grapes_params().check()
-        require(self.velocity_bits is None or 2 <= self.velocity_bits <= 32, "--velocity-bits",
+        require(0 <= self.dropout < 1, "dropout", f"got {self.dropout}; must be in [0, 1)")
+        require(not (self.lr_matched and self.grapes != "off"), "lr_matched",
+                "is the SGD control for GRAPES; use it with grapes='off'")
+        self.grapes_params().check({"mode": "grapes", "lower": "grapes_lower",
+                                    "bits": "grapes_bits"})
+        require(self.velocity_bits is None or 2 <= self.velocity_bits <= 32, "velocity_bits",
                 f"got {self.velocity_bits}; allowed 2..32 (or none for float32)")
         require(self.velocity_bits is None or self.optimizer in ("momentum", "nag"),
-                "--velocity-bits",
-                f"applies to --optimizer momentum or nag, got {self.optimizer!r}")
-        require(self.velocity_rounding in ("nearest", "stochastic"), "--velocity-rounding",
+                "velocity_bits",
+                f"applies to optimizer 'momentum' or 'nag', got {self.optimizer!r}")
+        require(self.velocity_rounding in ("nearest", "stochastic"), "velocity_rounding",
                 f"got {self.velocity_rounding!r}; allowed values: nearest, stochastic")
-        require(self.time_steps >= 1, "--time-steps", f"got {self.time_steps}; must be >= 1")
-        require(self.test_time_steps >= 1, "--test-time-steps",
+        require(self.time_steps >= 1, "time_steps", f"got {self.time_steps}; must be >= 1")
+        require(self.test_time_steps >= 1, "test_time_steps",
                 f"got {self.test_time_steps}; must be >= 1")
-        require(self.model in MODELS, "--model",
+        require(self.model in MODELS, "model",
                 f"got {self.model!r}; allowed values: {', '.join(MODELS)}")
         from .cnn import check_config as check_cnn
         from .snu import check_config
@@ -177,7 +178,7 @@ class TrainConfig:
         unset the optimizer's default, ``(DEFAULT_LR[optimizer], "default for <optimizer>")``
         (before ``lr_matched`` scaling)."""
         if self.lr is not None:
-            require(is_positive_lr(self.lr), "--lr",
+            require(is_positive_lr(self.lr), "lr",
                     f"got {self.lr!r}; must be a positive finite number")
             return float(self.lr), "given"
         return default_lr(self.optimizer), f"default for {self.optimizer}"

@@ -296,3 +296,16 @@ def test_incomplete_data_dir_exits_2_naming_the_missing_files(capsys, tmp_path, 
 def test_data_dir_with_digits_is_refused(capsys, tmp_path):
     rc, err = call(capsys, "train", "--dataset", "digits", "--data-dir", str(tmp_path))
     assert rc == 2 and "--data-dir" in err and "scikit-learn" in err
+
+
+def test_library_errors_name_fields_and_the_cli_maps_them_to_flags(capsys):
+    """TrainConfig names the Python field; `grapes-hw train` says the option."""
+    from grapes_hw.errors import ConfigError
+    from grapes_hw.train import TrainConfig
+
+    with pytest.raises(ConfigError) as e:
+        TrainConfig(grapes_lower=3.0).check()
+    assert e.value.field == "grapes_lower"
+    rc = main(["train", "--dataset", "digits", "--train-subset", "99999", "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "error: --train-subset:" in err

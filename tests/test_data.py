@@ -456,19 +456,19 @@ def test_fashion_mnist_subset_and_val_sizes():
 def test_unknown_dataset_name():
     with pytest.raises(ConfigError) as e:
         data.load_dataset("cifar10")
-    assert e.value.field == "--dataset"
+    assert e.value.field == "dataset"
     for name in data.DATASETS:
         assert name in e.value.message
 
 
 @pytest.mark.parametrize("kwargs, field", [
-    ({"train_subset": 0}, "--train-subset"),
-    ({"train_subset": 1348}, "--train-subset"),
-    ({"train_subset": 2.5}, "--train-subset"),
-    ({"val_fraction": 1.0}, "--val-fraction"),
-    ({"val_fraction": -0.1}, "--val-fraction"),
-    ({"val_fraction": float("nan")}, "--val-fraction"),
-    ({"train_subset": 1, "val_fraction": 0.5}, "--val-fraction"),
+    ({"train_subset": 0}, "train_subset"),
+    ({"train_subset": 1348}, "train_subset"),
+    ({"train_subset": 2.5}, "train_subset"),
+    ({"val_fraction": 1.0}, "val_fraction"),
+    ({"val_fraction": -0.1}, "val_fraction"),
+    ({"val_fraction": float("nan")}, "val_fraction"),
+    ({"train_subset": 1, "val_fraction": 0.5}, "val_fraction"),
 ])
 def test_bad_options(kwargs, field):
     with pytest.raises(ConfigError) as e:

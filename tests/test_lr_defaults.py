@@ -36,14 +36,14 @@ def test_given_lr_wins():
 def test_bad_lr_names_the_option_and_the_default(lr):
     with pytest.raises(ConfigError) as e:
         TrainConfig(lr=lr).check()
-    assert e.value.field == "--lr"
+    assert e.value.field == "lr"  # the Python field; the CLI says --lr
     assert "sgd 0.1" in e.value.message and "adam 0.001" in e.value.message
 
 
 def test_unknown_optimizer_has_no_default():
     with pytest.raises(ConfigError) as e:
         default_lr("adagrad")
-    assert e.value.field == "--optimizer" and "rmsprop" in e.value.message
+    assert e.value.field == "optimizer" and "rmsprop" in e.value.message
 
 
 def test_mlp_run_trains_at_and_records_the_default():

@@ -674,7 +674,7 @@ def drift_evaluation(net, x_test: torch.Tensor, y_test: torch.Tensor,
     """
     layers = [layer.backend for layer in net.layers]
     if not all(b.abilities.drift for b in layers):
-        raise ConfigError("--drift-eval", "needs every layer on an analog inference tile "
+        raise ConfigError("drift_eval", "needs every layer on an analog inference tile "
                                           "(an InferenceRPUConfig-based device model, e.g. "
                                           "pcm-inference)")
     out = []
