@@ -2,7 +2,7 @@
 
 The unit (Woźniak et al., Nature Machine Intelligence 2020; ``../shared/GRAPES.md``)::
 
-    s_t = g(W x_t + l(tau) * s_(t-1) * (1 - y_(t-1)))      g = ReLU
+    s_t = g(W x_t + l(tau) * s_(t-1) * (1 - y_(t-1)))      g = ReLU (output layer: identity)
     y_t = h(s_t + b)
 
 * SNU: ``h`` is the Heaviside step (a spike when ``s_t + b > 0``, i.e. when the state crosses
@@ -20,10 +20,43 @@ here 20 to keep runs cheap).
 
 **Output layer** (as in the SNU paper and GRAPES' SNU experiments): the output layer is a
 spiking SNU/sSNU layer too, decoded by its firing rate. The logits fed to softmax
-cross-entropy are the output *spike counts normalised to the training window*,
-``logits = readout_scale * mean_t y_t`` with ``readout_scale = time_steps`` by default (i.e.
-the spike counts of a training presentation); the prediction is the class with the highest
-rate (ties go to the lowest index).
+cross-entropy are the output rates times a fixed scale, ``logits = readout_scale * mean_t
+y_t`` (``readout_scale`` = 10 by default, independent of ``N_s``; unset: ``time_steps``,
+i.e. the spike counts of a training presentation); the prediction is the class with the
+highest rate (ties go to the lowest index).
+
+**What keeps training stable** (issue 16; measured on digits, 3 x 256, SGD lr 0.1, N_s 20):
+
+* *Partial minibatches weigh by their size.* Digits has 1347 training images, so every
+  epoch ends with a batch of 3. Its batch-mean gradient is as large as a full batch's but
+  far noisier (the output layer's update was 6-8 times the median), and it was the step
+  that broke the runs: ``--model snu`` went from 0.57 to 0.102 test accuracy at the end of
+  epoch 3 on exactly that step. Each sample therefore moves the weights by
+  ``lr / batch_size`` times its gradient, in a partial batch too (``SNULearner(batch_size=
+  ...)``; the update of a batch of ``B < batch_size`` is scaled by ``B / batch_size``).
+* *Thresholds stay positive* (``min_threshold``): with ``g = ReLU`` the state is ``>= 0``
+  (and 0 without input), so a trained bias ``b >= 0`` makes the SNU fire at every step
+  whatever its input. Cross-
+  entropy keeps raising the output biases of the target classes (the surrogate gradient
+  reaches ``b`` at every step, also where ``s = 0``), and a step that takes one over 0 makes
+  that class win every image: the 0.102 collapse (output ``max b`` +0.028, one of ten output
+  units spiking at all 20 steps for every input, next batch loss 14.7). After each update
+  ``b`` is clipped to ``<= -min_threshold``.
+* *The output layer's state is linear* (``output_g = "identity"``; hidden layers keep
+  ``g = ReLU``): an output unit whose ReLU state input is ``<= 0`` for every image gets no
+  gradient again and its class is never predicted (the sSNU plateaued at 0.35-0.44 test
+  accuracy that way). The emission ``y = h(s + b)`` is unchanged.
+* *sSNU init gain 3* (``init_gain``): sSNU outputs are soft and mostly near ``sigmoid(b)``,
+  so He-uniform weights (scaled for 0/1 inputs) left the states of deeper layers far below
+  the threshold 3 (max state 4.5, 2.2, 1.0, 0.36 from the first layer to the output) and
+  the signal faded layer by layer (test accuracy 0.16 after 5 epochs). Layers after the
+  first start at 3 times He-uniform.
+* *Readout scale 10, not the spike count.* With ``logits = counts`` (scale ``N_s = 20``)
+  one SGD step at lr 0.1 changed the output weights by 14 % of their norm (the MLP's
+  output layer: 4 %), whose early overshoots silenced a ReLU output layer for good (every
+  output state ``u <= 0``: ``--layers 256,256 --lr 0.05 --grapes propagating`` stayed at
+  ln 10 loss, 0.19 accuracy). Scale 10: 3.9 % (5 % with the linear output state, counts
+  18 %). Logit gaps up to 10 leave cross-entropy room (a sure prediction costs 4e-4).
 
 **Weights on a backend**: every layer's ``W`` is a :class:`~grapes_hw.network.HWLinear`
 backend. Since layers are feed-forward and the recurrence is per node, the ``W x_t`` of all
@@ -40,7 +73,8 @@ one stacked ``backend.backward``. The BPTT gradient of the batch-mean loss is
 so the learning rate means the same as for the MLP (one step of ``lr`` times the gradient of
 the batch-mean loss) for every optimizer, including the scale-invariant ones (scaling ``lr``
 instead would be wrong for Adam/RMSprop). The bias is updated the same way through its
-``(n, 1)`` digital backend with a constant-1 input.
+``(n, 1)`` digital backend with a constant-1 input, then clipped to ``b <= -min_threshold``.
+A partial batch of ``B < batch_size`` samples has its errors scaled by ``B / batch_size``.
 
 **GRAPES** modulates the input weights ``W`` of each hidden layer, importance from its rows
 (``backend.abs_sums(1)``), computed once per minibatch before the update. Because the SNU
@@ -63,7 +97,7 @@ import torch
 from .config import from_mapping, require, to_dict
 from .grapes import GrapesParameters, mean_factor, modulation_factor
 from .learning import FactorStats, softmax_error
-from .network import HWLinear
+from .network import HWLinear, he_uniform
 
 MODELS = ("mlp", "snu", "ssnu")
 
@@ -77,30 +111,54 @@ class SNUParams:
     threshold: float | None = None
     """Initial threshold: the bias b starts at ``-threshold`` (> 0). None: 1 for the SNU,
     3 for the sSNU (whose sigmoid never reaches 0: with b = -1 every unit outputs >= 0.27,
-    the dense positive activity drives whole weight rows negative and the ReLU state dies;
-    b = -3 keeps the resting output at 0.05 and trains, but its gradients are small: use
-    lr ~ 1 with SGD. Digits, 64-64 hidden, N_s = 10, 8 epochs: sSNU lr 1.0 reaches 0.70
-    (0.92 with GRAPES), at lr 0.1 it stays near chance; the SNU reaches 0.80 at lr 0.1
-    (0.88 with GRAPES)."""
+    and a unit's state input is then dominated by 0.27 times the sum of its weight row; at
+    He init 4 of 10 output units have a negative row sum and a ReLU state that is 0 for
+    every image, and training silences the others within a few steps, even at lr 0.005;
+    b = -3 keeps the resting output at 0.05, with ``init_gain`` 3 to bring deeper states up
+    to the threshold)."""
     train_threshold: bool = True
     """Train the bias b (digital, like the weights' optimizer)."""
+    min_threshold: float = 0.1
+    """After every bias update ``b`` is clipped to ``<= -min_threshold``: the threshold stays
+    positive (a bias >= 0 makes an SNU, whose ReLU state is >= 0, spike at every step
+    whatever its input). 0 allows b up to 0."""
     surrogate_slope: float = 1.0
     """k of the sigmoid relaxation sigma(k z) whose derivative replaces the step's (SNU)."""
     input_rate: float = 1.0
     """Spike probability per step of a pixel of intensity 1, in (0, 1]."""
-    readout_scale: float | None = None
-    """logits = readout_scale * output rate; None: the training ``time_steps`` (counts)."""
+    output_g: str = "identity"
+    """``g`` of the output layer: ``identity`` (its state may go negative; the gradient always
+    reaches its weights) or ``relu`` (as the hidden layers: an output unit whose state input
+    is <= 0 for every image gets no gradient again, and its class is never predicted)."""
+    init_gain: float | None = None
+    """Layers after the first (fed by SNU/sSNU outputs) start from He-uniform weights times
+    this. None: 1 for the SNU (0/1 spikes, like the rate-coded input), 3 for the sSNU (its
+    outputs are soft and mostly near sigmoid(b), so with gain 1 the states of deeper layers
+    stay far below the threshold: max state 4.5, 2.2, 1.0, 0.36 layer by layer)."""
+    readout_scale: float | None = 10.0
+    """logits = readout_scale * output rate (a rate of 1 for one class, 0 for the others
+    gives a logit gap of ``readout_scale``); None: the training ``time_steps`` (the spike
+    counts; larger updates, see the module docstring)."""
 
     def check(self) -> None:
         require(0.0 <= self.decay < 1.0, "snu.decay", f"got {self.decay}; must be in [0, 1)")
         require(self.threshold is None or self.threshold > 0, "snu.threshold",
                 f"got {self.threshold}; must be > 0 (or unset)")
+        require(self.min_threshold >= 0, "snu.min_threshold",
+                f"got {self.min_threshold}; must be >= 0")
+        require(self.threshold is None or self.threshold >= self.min_threshold,
+                "snu.threshold", f"got {self.threshold}; must be >= snu.min_threshold "
+                                 f"({self.min_threshold})")
         require(self.surrogate_slope > 0, "snu.surrogate_slope",
                 f"got {self.surrogate_slope}; must be > 0")
         require(0.0 < self.input_rate <= 1.0, "snu.input_rate",
                 f"got {self.input_rate}; must be in (0, 1]")
         require(self.readout_scale is None or self.readout_scale > 0, "snu.readout_scale",
                 f"got {self.readout_scale}; must be > 0 (or unset)")
+        require(self.output_g in ("identity", "relu"), "snu.output_g",
+                f"got {self.output_g!r}; allowed values: identity, relu")
+        require(self.init_gain is None or self.init_gain > 0, "snu.init_gain",
+                f"got {self.init_gain}; must be > 0 (or unset)")
 
 
 # ---- the unit --------------------------------------------------------------------------------
@@ -125,10 +183,12 @@ def h_grad(z: torch.Tensor, slope: float = 1.0) -> torch.Tensor:
 
 
 def snu_step(a: torch.Tensor, s_prev: torch.Tensor, y_prev: torch.Tensor, b: torch.Tensor,
-             decay: float, soft: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One step: returns (u, s, y) with u the pre-ReLU state input."""
+             decay: float, soft: bool,
+             relu: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step: returns (u, s, y) with u the state input before ``g`` (ReLU, or the identity
+    with ``relu=False``)."""
     u = a + decay * s_prev * (1.0 - y_prev)
-    s = torch.relu(u)
+    s = torch.relu(u) if relu else u
     return u, s, h_out(s + b, soft)
 
 
@@ -163,6 +223,11 @@ class SNUNetwork:
     def backends(self):
         return [layer.backend for layer in self.layers]
 
+    def state_relu(self, l: int) -> bool:
+        """Whether layer ``l``'s state goes through g = ReLU (hidden layers always; the output
+        layer with ``output_g = "relu"``)."""
+        return l < len(self.layers) - 1 or self.params.output_g == "relu"
+
     def bias(self, l: int, dtype: torch.dtype) -> torch.Tensor:
         return self.layers[l].bias.w[:, 0].to(dtype)
 
@@ -180,13 +245,14 @@ class SNUNetwork:
         if keep:
             ss, zs, act = torch.empty_like(a_all), torch.empty_like(a_all), torch.empty_like(a_all)
         d = self.params.decay
+        relu = self.state_relu(l)
         for t in range(T):
-            u, s, y = snu_step(a_all[t], s, y, b, d, self.soft)
+            u, s, y = snu_step(a_all[t], s, y, b, d, self.soft, relu)
             ys[t] = y
             if keep:
                 ss[t] = s
                 zs[t] = s + b
-                act[t] = u > 0
+                act[t] = (u > 0) if relu else 1.0
         trace = LayerTrace(x_seq, ss, ys, zs, act) if keep else None
         return ys, trace
 
@@ -236,11 +302,14 @@ class SNULearner:
     """BPTT + GRAPES + optimizer for an :class:`SNUNetwork` (see the module docstring)."""
 
     def __init__(self, net: SNUNetwork, grapes: GrapesParameters, optimizer, time_steps: int,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, batch_size: int | None = None):
         self.net = net
         self.grapes = grapes
         self.optimizer = optimizer
         self.time_steps = int(time_steps)
+        self.batch_size = None if batch_size is None else int(batch_size)
+        """Nominal minibatch size: a smaller batch's update is scaled by B / batch_size (None:
+        every batch takes a full step)."""
         self.generator = generator or torch.Generator().manual_seed(0)
         self.last_factors: list[torch.Tensor | None] = []
         self.stats = FactorStats(net.n_hidden, grapes.mode)
@@ -294,14 +363,20 @@ class SNULearner:
         self.last_factors = m
         self.stats.add(m)
         self.last_grads = grads
+        B = x.shape[0]
+        # a partial batch moves the weights by its share: lr / batch_size per sample
+        w = float(T) if self.batch_size is None or B >= self.batch_size else (
+            T * B / self.batch_size)
+        p = self.net.params
         for l, layer in enumerate(self.net.layers):
             g_a, g_b = grads[l]
-            Tn, B, n = g_a.shape
+            Tn, _, n = g_a.shape
             xs = traces[l].x.reshape(Tn * B, -1)
-            self.optimizer.step(("w", l), layer.backend, xs, g_a.reshape(Tn * B, n) * Tn, lr)
-            if self.net.params.train_threshold:
+            self.optimizer.step(("w", l), layer.backend, xs, g_a.reshape(Tn * B, n) * w, lr)
+            if p.train_threshold:
                 ones = torch.ones((Tn * B, 1), dtype=g_b.dtype)
-                self.optimizer.step(("b", l), layer.bias, ones, g_b.reshape(Tn * B, n) * Tn, lr)
+                self.optimizer.step(("b", l), layer.bias, ones, g_b.reshape(Tn * B, n) * w, lr)
+                layer.bias.program(layer.bias.read().clamp(max=-p.min_threshold))
         return loss, correct
 
 
@@ -325,8 +400,8 @@ def check_config(cfg) -> None:
 
 
 def build_snu_network(cfg, model, n_in: int, n_out: int) -> SNUNetwork:
-    """He-uniform weights on ``model``'s backend (as ``train.build_network``), biases at
-    ``-threshold``."""
+    """He-uniform weights on ``model``'s backend (as ``train.build_network``; every layer
+    after the first times ``init_gain``), biases at ``-threshold``."""
     from dataclasses import replace
 
     from .train import build_network
@@ -336,6 +411,14 @@ def build_snu_network(cfg, model, n_in: int, n_out: int) -> SNUNetwork:
     soft = cfg.model == "ssnu"
     if params.threshold is None:
         params.threshold = 3.0 if soft else 1.0
+    if params.init_gain is None:
+        params.init_gain = 3.0 if soft else 1.0
+    if params.init_gain != 1.0:  # the same He-uniform draws as build_network, scaled
+
+        gen = torch.Generator().manual_seed(cfg.seed)
+        for l, layer in enumerate(base.layers):
+            w = he_uniform(tuple(layer.shape), gen)
+            layer.backend.program(w if l == 0 else w * params.init_gain)
     for layer in base.layers:
         layer.bias.w.fill_(-params.threshold)
     return SNUNetwork(base.layers, soft=soft, params=params)
@@ -362,7 +445,8 @@ def run_snu(cfg, *, progress: bool = False, on_epoch=None, dataset=None) -> dict
     optimizer = build_optimizer(cfg)
     grapes = cfg.grapes_params()
     learner = SNULearner(net, grapes, optimizer, cfg.time_steps,
-                         torch.Generator().manual_seed(cfg.seed + 2718281))
+                         torch.Generator().manual_seed(cfg.seed + 2718281),
+                         batch_size=cfg.batch_size)
 
     class _NoFeedback:
         def state_bytes(self) -> int:

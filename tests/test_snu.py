@@ -99,31 +99,34 @@ class _Step(torch.autograd.Function):
         return g * s * (1 - s)
 
 
-def _autograd_loss(ws, bs, xs, y, soft, decay):
+def _autograd_loss(ws, bs, xs, y, soft, decay, scale="default", out_relu=False):
+    scale = SNUParams().readout_scale if scale == "default" else scale
     h = torch.sigmoid if soft else _Step.apply
     inp = xs
-    for w, b in zip(ws, bs, strict=True):
+    for l, (w, b) in enumerate(zip(ws, bs, strict=True)):
+        g = torch.relu if l < len(ws) - 1 or out_relu else (lambda u: u)
         s = torch.zeros((xs.shape[1], w.shape[0]), dtype=torch.float64)
         yy = torch.zeros_like(s)
         outs = []
         for t in range(xs.shape[0]):
-            s = torch.relu(inp[t] @ w.T + decay * s * (1 - yy))
+            s = g(inp[t] @ w.T + decay * s * (1 - yy))
             yy = h(s + b)
             outs.append(yy)
         inp = torch.stack(outs)
-    logits = inp.mean(0) * xs.shape[0]  # spike counts
+    logits = inp.mean(0) * (xs.shape[0] if scale is None else scale)  # None: spike counts
     return torch.nn.functional.cross_entropy(logits, y, reduction="sum")
 
 
+@pytest.mark.parametrize("output_g", ["identity", "relu"])
 @pytest.mark.parametrize("soft", [False, True])
-def test_bptt_equals_autograd(soft):
+def test_bptt_equals_autograd(soft, output_g):
     ws, bs, xs, y = _case()
-    params = SNUParams(decay=0.7)
+    params = SNUParams(decay=0.7, output_g=output_g)
     net = _net(ws, bs, soft, params)
     loss, _, traces, grads, _ = SNULearner(net, GrapesParameters(), SGD(), 6).gradients(xs, y)
     W = [w.clone().requires_grad_() for w in ws]
     B = [b.clone().requires_grad_() for b in bs]
-    ref = _autograd_loss(W, B, xs, y, soft, 0.7)
+    ref = _autograd_loss(W, B, xs, y, soft, 0.7, out_relu=output_g == "relu")
     ref.backward()
     assert loss == pytest.approx(float(ref.detach()), rel=1e-12)
     for l in range(3):
@@ -226,3 +229,92 @@ def test_snu_config_errors():
         _digits_cfg(extra={"snu": {"decay": 1.5}}).check()
     with pytest.raises(ConfigError, match="--time-steps"):
         _digits_cfg(time_steps=0).check()
+
+
+# ---- what keeps SNU training stable (see the snu.py docstring) -------------------------------
+def test_trained_threshold_stays_positive_so_a_silent_input_never_spikes():
+    # The collapse: cross-entropy raised an output bias b over 0, and with the ReLU state
+    # s >= 0 that unit then spikes at every step whatever its input (test accuracy 0.102).
+    # After every update b is clipped to <= -min_threshold.
+    g = torch.Generator().manual_seed(0)
+    w = torch.rand((3, 5), dtype=torch.float64, generator=g)
+    b = torch.tensor([-0.15, -1.0, -1.0], dtype=torch.float64)
+    net = _net([w], [b], False, SNUParams(decay=0.7))
+    x = torch.rand((8, 5), dtype=torch.float64, generator=g)
+    y = torch.zeros(8, dtype=torch.long)  # class 0 everywhere: its bias is pushed up
+    learner = SNULearner(net, GrapesParameters(), SGD(), 6, torch.Generator().manual_seed(1))
+    learner.step(x, y, lr=5.0)
+    silent = torch.zeros((6, 4, 5), dtype=torch.float64)  # no input spikes at all
+    rates, _ = net.forward(silent)
+    assert float(rates.max()) == 0.0
+    b_after = net.layers[0].bias.read()[:, 0]
+    assert float(b_after[0]) == pytest.approx(-SNUParams().min_threshold)  # clipped, not > 0
+    assert bool((b_after <= -SNUParams().min_threshold).all())
+    # without the floor the same step takes b[0] over 0 and the silent input fires always
+    raw = _net([w], [b], False, SNUParams(decay=0.7, min_threshold=0.0))
+    _, _, _, grads, _ = SNULearner(raw, GrapesParameters(), SGD(), 6).gradients(
+        rate_code(x, 6, torch.Generator().manual_seed(1)), y)
+    unclipped = b[0] - 5.0 * float(grads[0][1][:, :, 0].sum()) / 8
+    assert unclipped > 0  # the step really would cross 0: the floor is what holds it
+
+
+def test_partial_batch_moves_weights_by_its_share():
+    # Digits ends every epoch with a batch of 3 (1347 = 21 * 64 + 3); its batch-mean step at
+    # the full lr broke the runs. With batch_size N a batch of B < N takes B/N of the step.
+    ws, bs, _, y = _case()
+    x = torch.rand((7, 5), dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    steps = {}
+    for nominal in (None, 7, 28):
+        net = _net(ws, bs, False, SNUParams(decay=0.7))
+        learner = SNULearner(net, GrapesParameters(), SGD(), 6, torch.Generator().manual_seed(3),
+                             batch_size=nominal)
+        learner.step(x, y, 0.3)
+        steps[nominal] = [net.layers[l].backend.read() - ws[l] for l in range(3)]
+    for l in range(3):
+        torch.testing.assert_close(steps[7][l], steps[None][l])  # a full batch: unchanged
+        torch.testing.assert_close(steps[28][l], steps[None][l] * (7 / 28))
+        assert steps[None][l].abs().sum() > 0
+
+
+def _first_output_update(readout_scale):
+    """Relative change of the output weights after one SGD step (lr 0.1) on one digits batch
+    of the default 3 x 256 SNU."""
+    import numpy as np
+
+    from grapes_hw.data import load_dataset
+    from grapes_hw.devices import load_device_model
+    from grapes_hw.snu import build_snu_network
+    from grapes_hw.train import build_optimizer
+
+    cfg = TrainConfig(model="snu", extra={"snu": {"readout_scale": readout_scale}})
+    data = load_dataset("digits", seed=0)
+    x = torch.from_numpy(np.ascontiguousarray(data.x_train[:64], dtype=np.float32))
+    yy = torch.from_numpy(np.asarray(data.y_train[:64], dtype=np.int64))
+    net = build_snu_network(cfg, load_device_model("float32"), 64, 10)
+    w0 = net.layers[-1].backend.read().clone()
+    SNULearner(net, cfg.grapes_params(), build_optimizer(cfg), cfg.time_steps,
+               torch.Generator().manual_seed(1)).step(x, yy, 0.1)  # a full batch
+    return float((net.layers[-1].backend.read() - w0).norm() / w0.norm())
+
+
+def test_default_readout_keeps_output_updates_mlp_sized():
+    # logits = spike counts (scale N_s = 20) made one step at lr 0.1 change the output
+    # weights by ~20 % of their norm (the MLP's output layer: ~4 %); early overshoots then
+    # silenced the output layer for good. The default scale 10: ~5-8 %.
+    counts, default = _first_output_update(None), _first_output_update(10.0)
+    assert SNUParams().readout_scale == 10.0
+    assert counts > 0.15
+    assert default < 0.10
+    assert counts > 2.5 * default
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_snu_defaults_learn_digits_without_collapse(seed):
+    # the default SNU (decay, threshold, readout, floor; SGD at its default lr 0.1), small:
+    # 2 x 128, 5 epochs (~4 s). Before the fixes the default run fell to 0.102 at epoch 3.
+    r = run(TrainConfig(dataset="digits", model="snu", layers=(128, 128), epochs=5, seed=seed))
+    accs = [e["test_acc"] for e in r["epochs"]]
+    assert r["status"] == "ok"
+    assert r["config"]["lr"] == 0.1 and r["config"]["lr_source"] == "default for sgd"
+    assert r["best_test_acc"] > 0.85, accs
+    assert all(b >= a - 0.05 for a, b in zip(accs[1:-1], accs[2:], strict=True)), accs  # no dip
