@@ -965,7 +965,11 @@ def _run_local(specs: list[RunSpec], workers: int, threads: int | None,
     inflight: dict = {}
 
     def new_pool():
-        return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+        # The fork server outlives a sweep (one per process), so the test hook's variable is
+        # handed to each new worker rather than inherited from whenever the server started.
+        return ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                                   initializer=_worker_env,
+                                   initargs=({CRASH_ONCE_ENV: os.environ.get(CRASH_ONCE_ENV)},))
 
     pool = new_pool()
     try:
@@ -997,6 +1001,15 @@ def _run_local(specs: list[RunSpec], workers: int, threads: int | None,
                 pool = new_pool()
     finally:
         pool.shutdown(wait=not inflight, cancel_futures=True)
+
+
+def _worker_env(env: dict[str, str | None]) -> None:
+    """Worker initializer: set (or clear) these environment variables."""
+    for k, v in env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def _discard_broken_pool(pool) -> None:
