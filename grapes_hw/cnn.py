@@ -735,7 +735,7 @@ def run_cnn(cfg, *, progress: bool = False, on_epoch=None, dataset=None) -> dict
     ``config.cnn`` (the architecture)."""
     from .data import load_dataset
     from .devices import resolve_device_model
-    from .train import build_optimizer, memory_report, result_record, train_loop
+    from .runloop import build_optimizer, memory_report, result_record, train_loop
 
     cfg.check()
     model = resolve_device_model(cfg.backend)

@@ -141,7 +141,7 @@ class _Model:
 
     def __init__(self, cfg, n_in: int, n_out: int):
         from .devices import load_device_model
-        from .train import build_optimizer
+        from .runloop import build_optimizer
 
         model = load_device_model(cfg.backend)
         self.optimizer = build_optimizer(cfg)
@@ -150,7 +150,7 @@ class _Model:
         if cfg.model == "mlp":
             from .credit import make_credit
             from .learning import Learner
-            from .train import build_network
+            from .runloop import build_network
 
             self.net = build_network(cfg, model, n_in, n_out)
             credit = make_credit(cfg.credit, self.net,
@@ -342,7 +342,7 @@ def run_continual(cc: ContinualConfig, out_dir: str | os.PathLike, *, quiet: boo
         "mean": _means(runs),
         "seconds_total": time.perf_counter() - t_start,
     }
-    from .train import versions
+    from .runloop import versions
 
     summary["versions"] = versions()
     with open(out / "summary.json", "w") as fh:

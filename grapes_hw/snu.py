@@ -389,13 +389,13 @@ def snu_params(cfg) -> SNUParams:
 
 def check_config(cfg) -> None:
     """The SNU-specific constraints on a TrainConfig (called by ``TrainConfig.check``)."""
-    require(cfg.model in MODELS, "--model",
+    require(cfg.model in MODELS, "model",
             f"got {cfg.model!r}; allowed values: {', '.join(MODELS)}")
     if cfg.model == "mlp":
         return
-    require(cfg.credit == "bp", "--credit",
-            f"got {cfg.credit!r}; --model {cfg.model} supports bp only")
-    require(cfg.dropout == 0, "--dropout", f"got {cfg.dropout}; --model {cfg.model} has no dropout")
+    require(cfg.credit == "bp", "credit",
+            f"got {cfg.credit!r}; model {cfg.model!r} supports bp only")
+    require(cfg.dropout == 0, "dropout", f"got {cfg.dropout}; model {cfg.model!r} has no dropout")
     snu_params(cfg)
 
 
@@ -404,7 +404,7 @@ def build_snu_network(cfg, model, n_in: int, n_out: int) -> SNUNetwork:
     after the first times ``init_gain``), biases at ``-threshold``."""
     from dataclasses import replace
 
-    from .train import build_network
+    from .runloop import build_network
 
     params = snu_params(cfg)
     base = build_network(replace(cfg, bias=True, dropout=0.0), model, n_in, n_out)
@@ -428,7 +428,7 @@ def run_snu(cfg, *, progress: bool = False, on_epoch=None, dataset=None) -> dict
     """``train.run`` for ``--model snu|ssnu``: same result keys as the MLP run."""
     from .data import load_dataset
     from .devices import load_device_model
-    from .train import build_optimizer, memory_report, result_record, train_loop
+    from .runloop import build_optimizer, memory_report, result_record, train_loop
 
     cfg.check()
     model = load_device_model(cfg.backend)
