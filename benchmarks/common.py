@@ -30,13 +30,47 @@ def interleaved(candidates: dict, repeats: int) -> dict[str, list[float]]:
     return times
 
 
-def summarize(times: dict[str, list[float]], reference: str) -> dict:
+def interleaved_chunks(candidates: dict, n_batches: int, repeats: int, chunks: int,
+                       reference: str) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Time ``repeats`` epochs of every candidate, each epoch cut into ``chunks`` chunks that
+    run interleaved across the candidates (the order rotating from chunk to chunk), so load
+    from other processes hits them alike. ``candidates[name](rep, b0, b1)`` trains minibatches
+    ``b0 .. b1 - 1`` of epoch ``rep``. Returns the seconds per epoch of each candidate and its
+    per-chunk time ratios to ``reference`` (paired in time: the more robust measure on a busy
+    machine)."""
+    names = list(candidates)
+    bounds = [round(i * n_batches / chunks) for i in range(chunks + 1)]
+    epoch_s: dict[str, list[float]] = {k: [] for k in names}
+    chunk_ratio: dict[str, list[float]] = {k: [] for k in names}
+    for rep in range(repeats):
+        total = dict.fromkeys(names, 0.0)
+        for c in range(chunks):
+            order = names[c % len(names):] + names[:c % len(names)]
+            t = {}
+            for k in order:
+                t0 = time.perf_counter()
+                candidates[k](rep, bounds[c], bounds[c + 1])
+                t[k] = time.perf_counter() - t0
+                total[k] += t[k]
+            for k in names:
+                chunk_ratio[k].append(t[k] / t[reference])
+        for k in names:
+            epoch_s[k].append(total[k])
+    return epoch_s, chunk_ratio
+
+
+def summarize(times: dict[str, list[float]], reference: str,
+              chunk_ratio: dict[str, list[float]] | None = None) -> dict:
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {
+    out = {
         "seconds_median": med,
         "seconds_all": times,
         "ratio_to_" + reference: {k: med[k] / med[reference] for k in med},
     }
+    if chunk_ratio is not None:
+        out["chunk_ratio_median_to_" + reference] = {
+            k: statistics.median(v) for k, v in chunk_ratio.items()}
+    return out
 
 
 def write_result(name: str, payload: dict) -> Path:
