@@ -1,17 +1,20 @@
 """One Fashion-MNIST epoch, 784-256-256-256-10 ReLU, batch 64: our float backend vs plain
 PyTorch (nn.Linear without bias, autograd, torch.optim.SGD), and GRAPES vs SGD.
 
-Targets (issue: core): our SGD epoch <= 0.7x plain PyTorch's; GRAPES <= 1.05x our SGD.
-``ours_grapes_serial`` is GRAPES with the factors computed the generic way (serial row sums
-after the forward pass) instead of on torch's threads right after each layer's MVM.
-Writes benchmarks/results/float_epoch.json.
+Targets (issue 13): our SGD epoch <= 0.7x plain PyTorch's; GRAPES <= 1.10x our SGD. Every
+epoch is cut into ``--chunks`` chunks run interleaved across the candidates (rotating order,
+``common.interleaved_chunks``); reported are the ratios of the median epoch times over
+``--repeats`` epochs and the medians of the per-chunk ratios (paired in time).
+Writes benchmarks/results/float_epoch.json (or ``--name``).
 
-    python benchmarks/bench_float.py [--repeats 3] [--subset N]
+    python benchmarks/bench_float.py [--repeats 10] [--subset N] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import sys
 from pathlib import Path
 
@@ -19,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved, summarize, write_result  # noqa: E402
+from common import interleaved_chunks, summarize, write_result  # noqa: E402
 
 from grapes_hw.credit import BP  # noqa: E402
 from grapes_hw.data import load_dataset  # noqa: E402
@@ -32,7 +35,22 @@ from grapes_hw.train import TrainConfig, build_network  # noqa: E402
 SIZES = [784, 256, 256, 256, 10]
 
 
-def epoch_plain_torch(x, y, perm, bs, lr):
+def _batches(x, y, bs, step):
+    """``run(rep, b0, b1)``: minibatches b0..b1-1 of epoch ``rep`` through ``step(x, y)``."""
+    perms: dict[int, torch.Tensor] = {}
+
+    def run(rep: int, b0: int, b1: int) -> None:
+        p = perms.get(rep)
+        if p is None:
+            p = perms[rep] = torch.randperm(x.shape[0],
+                                            generator=torch.Generator().manual_seed(rep))
+        for b in range(b0, b1):
+            idx = p[b * bs:(b + 1) * bs]
+            step(x[idx], y[idx])
+    return run
+
+
+def epoch_plain_torch(x, y, bs, lr):
     layers = []
     for i in range(len(SIZES) - 1):
         layers.append(torch.nn.Linear(SIZES[i], SIZES[i + 1], bias=False))
@@ -41,66 +59,73 @@ def epoch_plain_torch(x, y, perm, bs, lr):
     model = torch.nn.Sequential(*layers)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
 
-    def run():
-        for b in range(0, x.shape[0], bs):
-            idx = perm[b:b + bs]
-            opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
-            loss.backward()
-            opt.step()
-    return run
+    def step(xb, yb):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(xb), yb)
+        loss.backward()
+        opt.step()
+    return _batches(x, y, bs, step)
 
 
-def epoch_ours(x, y, perm, bs, lr, grapes, fused=True):
+def epoch_ours(x, y, bs, lr, grapes):
     cfg = TrainConfig(dataset="fashion-mnist", layers=tuple(SIZES[1:-1]), seed=0)
     net = build_network(cfg, load_device_model("float32"), SIZES[0], SIZES[-1])
     learner = Learner(net, BP(net), GrapesParameters(mode=grapes), SGD())
-    if not fused:  # the generic path: serial row sums after the forward pass
-        learner._rowmod = False
-
-    def run():
-        for b in range(0, x.shape[0], bs):
-            idx = perm[b:b + bs]
-            learner.step(x[idx], y[idx], lr)
-    return run
+    return _batches(x, y, bs, lambda xb, yb: learner.step(xb, yb, lr))
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=10, help="epochs per candidate")
+    ap.add_argument("--chunks", type=int, default=10, help="interleaved chunks per epoch")
     ap.add_argument("--subset", type=int, default=None, help="samples per epoch (default all)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's own, one per core)")
+    ap.add_argument("--name", default="float_epoch", help="result file name")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     data = load_dataset("fashion-mnist", train_subset=args.subset)
     x = torch.from_numpy(np.ascontiguousarray(data.x_train, dtype=np.float32))
     y = torch.from_numpy(data.y_train.astype(np.int64))
-    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))
     bs, lr = 64, 0.05
     cands = {
-        "plain_torch": epoch_plain_torch(x, y, perm, bs, lr),
-        "ours_sgd": epoch_ours(x, y, perm, bs, lr, "off"),
-        "ours_grapes": epoch_ours(x, y, perm, bs, lr, "propagating"),
-        "ours_grapes_local": epoch_ours(x, y, perm, bs, lr, "local"),
-        "ours_grapes_serial": epoch_ours(x, y, perm, bs, lr, "propagating", fused=False),
+        "plain_torch": epoch_plain_torch(x, y, bs, lr),
+        "ours_sgd": epoch_ours(x, y, bs, lr, "off"),
+        "ours_grapes": epoch_ours(x, y, bs, lr, "propagating"),
+        "ours_grapes_local": epoch_ours(x, y, bs, lr, "local"),
     }
-    times = interleaved(cands, args.repeats)
+    for run in cands.values():  # untimed: warm-up
+        run(-1, 0, 2)
+    load_before = os.getloadavg()
+    times, ratios = interleaved_chunks(cands, -(-x.shape[0] // bs), args.repeats, args.chunks,
+                                       "ours_sgd")
     s = summarize(times, "plain_torch")
-    med = s["seconds_median"]
+    s["load_before"], s["load_after"] = load_before, os.getloadavg()
+    s["chunk_ratio_median_to_ours_sgd"] = {k: statistics.median(v) for k, v in ratios.items()}
+    med, cr = s["seconds_median"], s["chunk_ratio_median_to_ours_sgd"]
     s["ours_sgd_over_plain_torch"] = med["ours_sgd"] / med["plain_torch"]
+    s["ours_sgd_over_plain_torch_chunk_median"] = 1.0 / statistics.median(
+        [a / b for a, b in zip(ratios["plain_torch"], ratios["ours_sgd"], strict=True)])
     s["grapes_over_sgd"] = med["ours_grapes"] / med["ours_sgd"]
+    s["grapes_over_sgd_chunk_median"] = cr["ours_grapes"]
     s["grapes_local_over_sgd"] = med["ours_grapes_local"] / med["ours_sgd"]
-    s["grapes_serial_over_sgd"] = med["ours_grapes_serial"] / med["ours_sgd"]
-    s["targets"] = {"ours_sgd_over_plain_torch": 0.7, "grapes_over_sgd": 1.05}
+    s["grapes_local_over_sgd_chunk_median"] = cr["ours_grapes_local"]
+    s["targets"] = {"ours_sgd_over_plain_torch": 0.7, "grapes_over_sgd": 1.10}
     s["setup"] = {"dataset": "fashion-mnist", "n_train": int(x.shape[0]), "layers": SIZES,
-                  "batch": bs, "repeats": args.repeats}
-    path = write_result("float_epoch", s)
+                  "batch": bs, "repeats": args.repeats, "chunks_per_epoch": args.chunks,
+                  "torch_threads": torch.get_num_threads()}
+    path = write_result(args.name, s)
     for k, v in med.items():
         print(f"{k:<18} {v:7.3f} s/epoch")
-    print(f"ours SGD / plain torch = {s['ours_sgd_over_plain_torch']:.3f} (target <= 0.7)")
-    print(f"GRAPES / SGD          = {s['grapes_over_sgd']:.3f} (target <= 1.05)")
-    print(f"GRAPES local / SGD    = {s['grapes_local_over_sgd']:.3f}")
-    print(f"GRAPES serial / SGD   = {s['grapes_serial_over_sgd']:.3f} (factors without "
-          "torch's pool)")
-    print(f"wrote {path}")
+    print(f"ours SGD / plain torch = {s['ours_sgd_over_plain_torch']:.3f} epoch, "
+          f"{s['ours_sgd_over_plain_torch_chunk_median']:.3f} paired chunks (target <= 0.7)")
+    print(f"GRAPES / SGD          = {s['grapes_over_sgd']:.3f} epoch, "
+          f"{s['grapes_over_sgd_chunk_median']:.3f} paired chunks (target <= 1.10)")
+    print(f"GRAPES local / SGD    = {s['grapes_local_over_sgd']:.3f} epoch, "
+          f"{s['grapes_local_over_sgd_chunk_median']:.3f} paired chunks")
+    print(f"load {load_before[0]:.2f} -> {s['load_after'][0]:.2f}, "
+          f"{torch.get_num_threads()} torch threads; wrote {path}")
     return 0
 
 

@@ -68,27 +68,8 @@ def modulation_factor(importance: torch.Tensor, lower: float | None = 1.0,
     """``m = clip(2 i / max(i), lower, 2)``, optionally held at ``bits`` bits.
 
     Returns a new tensor (``importance`` is not modified). All-zero or non-finite importance
-    (e.g. a layer of zeros) gives m = 1 everywhere rather than NaN. A 1-D CPU float tensor
-    goes through one numba kernel; anything else through the torch reference
-    ``_modulation_torch`` (the two agree to float rounding, see the tests).
+    (e.g. a layer of zeros) gives m = 1 everywhere rather than NaN.
     """
-    if (importance.dim() == 1 and importance.dtype in (torch.float32, torch.float64)
-            and importance.device.type == "cpu" and not importance.requires_grad):
-        # One fused numba pass (compiled on first use): this runs once per hidden layer per
-        # minibatch, where four small torch operations cost more than the arithmetic.
-        from ._kernels import modulation
-
-        imp = importance.contiguous()
-        out = torch.empty_like(imp)
-        modulation(imp.numpy(), out.numpy(), 0.0 if lower is None else float(lower),
-                   lower is not None, 0 if bits is None else (1 << bits) - 1)
-        return out
-    return _modulation_torch(importance, lower, bits)
-
-
-def _modulation_torch(importance: torch.Tensor, lower: float | None = 1.0,
-                      bits: int | None = None) -> torch.Tensor:
-    """The reference implementation in torch operations (any device, dtype or autograd)."""
     top = float(importance.max())
     if not math.isfinite(top) or top <= 0.0:
         return torch.ones_like(importance)

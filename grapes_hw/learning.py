@@ -13,29 +13,12 @@ import torch
 
 from .credit import BP
 from .grapes import GrapesParameters, modulation_factor
-from .network import ForwardCache, Network, _fusable
+from .network import ForwardCache, Network
 
 
 def softmax_error(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float, int]:
-    """Output error ``e = softmax(logits) - onehot(y)``, summed cross-entropy, #correct.
-
-    A contiguous CPU float batch goes through one numba kernel (compiled on first use):
-    ten small torch operations cost more than the arithmetic at batch 64.
-    """
-    if (logits.dim() == 2 and logits.dtype in (torch.float32, torch.float64)
-            and logits.device.type == "cpu" and logits.is_contiguous()
-            and not logits.requires_grad and y.dtype == torch.int64 and y.is_contiguous()
-            and logits.shape[0] > 0):
-        from ._kernels import softmax_xent
-
-        e = torch.empty_like(logits)
-        loss, correct = softmax_xent(logits.numpy(), y.numpy(), e.numpy())
-        return e, float(loss), int(correct)
-    return _softmax_error_torch(logits, y)
-
-
-def _softmax_error_torch(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float, int]:
-    """The reference in torch operations (any device or dtype)."""
+    """Output error ``e = softmax(logits) - onehot(y)``, summed cross-entropy, #correct (the
+    first maximal logit counts). NaN or Inf logits give a NaN loss (divergence detection)."""
     logp = torch.log_softmax(logits, dim=1)
     yy = y[:, None]
     loss = -float(logp.gather(1, yy).sum())
@@ -107,16 +90,11 @@ class Learner:
         self.cache = ForwardCache()
         self.last_factors: list[torch.Tensor | None] = []
         self.stats = FactorStats(net.n_hidden, grapes.mode)
-        self._rowmod = None  # per hidden layer (backend, _omp.RowModulation); False: unused
-        self._pending: list = []
 
     def factors(self) -> list[torch.Tensor | None]:
         """GRAPES factor m^l for each hidden layer l (None when GRAPES is off)."""
         if self.grapes.mode == "off":
             return [None] * self.net.n_hidden
-        fused = self._fused_factors() if self._rowmod else None
-        if fused is not None:
-            return fused
         out = []
         for l in range(self.net.n_hidden):
             imp = self.credit.importance(l, ideal=self.grapes.ideal_read)
@@ -124,59 +102,6 @@ class Learner:
             if keep is not None:  # dropped nodes: importance 0, hence m = lower bound
                 imp = imp * keep.to(imp.dtype)
             out.append(modulation_factor(imp, self.grapes.lower, self.grapes.bits))
-        return out
-
-    # -- GRAPES factors fused into the forward pass -------------------------------------------
-    # Where it applies (row importance as in BP and FA, hidden backends whose read() is their
-    # float32 storage, no dropout, torch's OpenMP pool found), m^l is computed right after
-    # layer l's forward MVM, in one parallel pass over W^l while it is still in the CPU
-    # caches. The weights do not change between the forward pass and the updates, so these
-    # are exactly the factors the spec asks for; factors() checks that (the tensor and its
-    # version counter) and otherwise takes the generic path. Both give the same values bit
-    # for bit (one row-sum routine; see the tests).
-
-    def _fused_ok(self) -> bool:
-        layers = self.net.layers[:self.net.n_hidden]
-        return (self.grapes.mode != "off" and bool(layers) and self.net.dropout == 0
-                and type(self.credit).importance is BP.importance
-                and all(getattr(layer.backend, "exact_read", False)
-                        and layer.backend.read().dtype is torch.float32 for layer in layers))
-
-    def _arm_fused(self) -> None:
-        """Decide once whether the fused path applies; install the forward hook per step."""
-        if self._rowmod is None:
-            self._rowmod = False
-            if self._fused_ok():
-                from . import _omp  # numba cfunc on torch's OpenMP threads (lazy)
-
-                if _omp.available():
-                    g = self.grapes
-                    levels = 0 if g.bits is None else (1 << g.bits) - 1
-                    self._rowmod = [(layer.backend,
-                                     _omp.RowModulation(layer.shape[0], g.lower, levels))
-                                    for layer in self.net.layers[:self.net.n_hidden]]
-        self._pending = [None] * self.net.n_hidden
-        self.cache.after_mvm = (self._after_mvm if self._rowmod and self.net.dropout == 0
-                                else None)
-
-    def _after_mvm(self, l: int, layer) -> None:
-        if l < len(self._rowmod):
-            backend, rm = self._rowmod[l]
-            if backend is layer.backend and backend.exact_read:
-                w = backend.read()
-                if rm.accepts(w):
-                    self._pending[l] = (rm.run(w), w, w._version)
-
-    def _fused_factors(self) -> list[torch.Tensor] | None:
-        pending, self._pending = self._pending, [None] * self.net.n_hidden
-        out = []
-        for l, p in enumerate(pending):
-            if p is None:
-                return None
-            m, w, version = p
-            if self.net.layers[l].backend.read() is not w or w._version != version:
-                return None
-            out.append(m)
         return out
 
     def errors(self, e: torch.Tensor, m: list[torch.Tensor | None]) -> list[torch.Tensor]:
@@ -196,18 +121,11 @@ class Learner:
             # deltas[l] has already been sent down to layer l - 1, so it is scaled in place.
             for l in range(L - 1):
                 if m[l] is not None:
-                    d, s = deltas[l], m[l].to(deltas[l].dtype)
-                    if _fusable(d, s, None) and s.is_contiguous() and s.dim() == 1:
-                        from ._kernels import scale_columns  # numba, compiled on first use
-
-                        scale_columns(d.numpy(), s.numpy())
-                    else:
-                        d.mul_(s)
+                    deltas[l].mul_(m[l].to(deltas[l].dtype))
         return deltas
 
     def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[float, int]:
         """Train on one minibatch; returns (summed loss, number correct)."""
-        self._arm_fused()
         logits = self.net.forward(x, train=True, cache=self.cache)
         e, loss, correct = softmax_error(logits, y)
         m = self.factors()

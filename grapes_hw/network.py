@@ -9,7 +9,6 @@ pass keeps what credit assignment needs (each layer's input and hidden outputs).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -27,30 +26,6 @@ def he_uniform(shape: tuple[int, int], generator: torch.Generator,
     limit = math.sqrt(6.0 / shape[1])
     u = torch.rand(shape, generator=generator, dtype=torch.float64)
     return (u * 2 - 1).mul_(limit).to(dtype)
-
-
-def _kernels():
-    from . import _kernels as k  # numba: compiled on first use, never at import
-
-    return k
-
-
-def _fusable(g: torch.Tensor, h: torch.Tensor, scale: torch.Tensor | None) -> bool:
-    ok = (g.dtype in (torch.float32, torch.float64) and h.dtype == g.dtype
-          and g.is_contiguous() and h.is_contiguous() and g.device.type == "cpu"
-          and not g.requires_grad and not h.requires_grad)
-    if ok and scale is not None:
-        ok = scale.dtype == g.dtype and scale.is_contiguous() and not scale.requires_grad
-    return ok
-
-
-_DUMMY: dict = {}
-
-
-def _dummy(dtype: torch.dtype):
-    if dtype not in _DUMMY:
-        _DUMMY[dtype] = torch.ones(1, dtype=dtype).numpy()
-    return _DUMMY[dtype]
 
 
 class HWLinear:
@@ -81,10 +56,6 @@ class ForwardCache:
     """``inputs[l]`` is layer l's input h^(l-1) (the data for l = 0)."""
     keep: list[torch.Tensor | None] = field(default_factory=list)
     """Per hidden layer: the dropout keep-mask over nodes (1 = kept), or None."""
-    after_mvm: Callable[[int, HWLinear], None] | None = None
-    """If set, called as ``after_mvm(l, layer)`` right after layer l's MVM in the forward
-    pass, while its weights are still in the CPU caches (the learner computes the GRAPES
-    factors there: a separate pass over the weights later costs several times more)."""
 
 
 class Network:
@@ -118,8 +89,6 @@ class Network:
             if cache is not None:
                 cache.inputs.append(h)
             a = layer.forward(h, train)
-            if cache is not None and cache.after_mvm is not None:
-                cache.after_mvm(i, layer)
             if i == len(self.layers) - 1:
                 return a
             h = self._act(a)
@@ -137,13 +106,7 @@ class Network:
                          keep: torch.Tensor | None,
                          scale: torch.Tensor | None = None) -> torch.Tensor:
         """In place: ``g * f'(a) (* scale)`` given the layer's output ``h = f(a)`` (after
-        dropout). ``scale`` is a per-node factor (GRAPES' m), fused into the same pass."""
-        if keep is None and _fusable(g, h, scale):
-            k = _kernels()
-            m = scale.numpy() if scale is not None else _dummy(g.dtype)
-            k.act_grad_scale(g.numpy(), h.numpy(), m, self.activation == "relu",
-                             scale is not None)
-            return g
+        dropout). ``scale`` is a per-node factor (GRAPES' m)."""
         if self.activation == "relu":
             g.mul_(h > 0)
         else:

@@ -184,37 +184,6 @@ def test_same_seed_same_bits_different_seed_differs():
     assert not torch.equal(trained(1), trained(2))
 
 
-def test_results_do_not_depend_on_thread_count():
-    import numba
-
-    from grapes_hw.backends import fixed_point
-
-    def trained(parallel=True):
-        b = FixedPointBackend((160, 120), FixedParams(bits=8), seed=4)
-        assert b._parallel  # large enough for the threaded kernel
-        b._parallel = parallel
-        b.program(he((160, 120)))
-        b.increment(torch.full(b.shape, 0.37 * b.step))
-        gen = torch.Generator().manual_seed(2)
-        b.update(torch.rand(8, 120, generator=gen), torch.randn(8, 160, generator=gen),
-                 0.3)
-        return b.q.clone()
-
-    assert fixed_point._PARALLEL_MIN_CELLS <= 160 * 120
-    serial = trained(parallel=False)
-
-    old = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        a = trained()
-        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-        b = trained()
-    finally:
-        numba.set_num_threads(old)
-    assert torch.equal(a, b)
-    assert torch.equal(a, serial)  # the one-thread kernel of small layers gives the same bits
-
-
 def test_kernels_are_not_compiled_at_import():
     code = ("import sys, grapes_hw, grapes_hw.devices, grapes_hw.backends.fixed_point, "
             "grapes_hw.noise, grapes_hw.train, grapes_hw.cli\n"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import make_net
@@ -142,3 +144,28 @@ def test_bp_with_dropout_and_bias_equals_autograd(small_weights, activation, gra
                                    rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(gradient(ones, deltas[l])[:, 0], gb[l],
                                    rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_softmax_error_equals_softmax_minus_onehot(dtype):
+    g = torch.Generator().manual_seed(3)
+    logits = (torch.randn(64, 10, generator=g) * 4).to(dtype)
+    logits[5, 3] = logits[5, 7] = logits[5].max() + 1  # a tie: the first maximum counts
+    y = torch.randint(0, 10, (64,), generator=g)
+    y[5] = 3
+    e, loss, correct = softmax_error(logits, y)
+    ref = torch.softmax(logits.double(), 1) - torch.nn.functional.one_hot(y, 10).double()
+    tol = 1e-6 if dtype == torch.float32 else 1e-12
+    assert e.dtype == dtype
+    torch.testing.assert_close(e.double(), ref, atol=tol, rtol=tol)
+    ref_loss = torch.nn.functional.cross_entropy(logits.double(), y, reduction="sum")
+    assert loss == pytest.approx(float(ref_loss), rel=1e-5)
+    first_max = [int(torch.nonzero(row == row.max())[0]) for row in logits]
+    assert correct == sum(int(a == b) for a, b in zip(first_max, y.tolist(), strict=True))
+
+
+def test_softmax_error_nan_logits_give_nan_loss():
+    logits = torch.zeros(4, 3)
+    logits[2, 1] = float("nan")
+    _, loss, _ = softmax_error(logits, torch.tensor([0, 1, 2, 0]))
+    assert math.isnan(loss)

@@ -112,3 +112,25 @@ def test_factors_recomputed_from_weights_each_minibatch():
     for l in range(2):  # step 2 used the weights after step 1's update, not the initial ones
         torch.testing.assert_close(learner.last_factors[l],
                                    modulation_factor(importance_rows(mid[l])))
+
+
+@pytest.mark.parametrize("bad", [0.0, float("nan"), float("inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_degenerate_importance_gives_unit_factor(bad, dtype):
+    imp = torch.zeros(5) if bad == 0.0 else torch.tensor([1.0, bad, 2.0, 0.5, 0.1])
+    m = modulation_factor(imp.to(dtype))
+    assert m.dtype == dtype and m.tolist() == [1.0] * 5
+
+
+@pytest.mark.parametrize("lower, bits", [(1.0, 2), (None, 3), (0.7, 4), (1.0, 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_held_factors_lie_on_the_bits_grid(lower, bits, dtype):
+    imp = (torch.rand(300, generator=torch.Generator().manual_seed(1)) * 5).to(dtype)
+    m = modulation_factor(imp, lower, bits)
+    exact = modulation_factor(imp, lower).double()
+    lo = float(exact.min()) if lower is None else lower
+    step = (2.0 - lo) / ((1 << bits) - 1)
+    k = (m.double() - lo) / step
+    assert len(torch.unique(m)) <= 2 ** bits and float(m.max()) == pytest.approx(2.0)
+    torch.testing.assert_close(k, k.round(), rtol=0, atol=1e-5)  # on the grid
+    assert float((m.double() - exact).abs().max()) <= step / 2 + 1e-6  # the nearest level

@@ -18,10 +18,13 @@ the rounding decisions). One multiply instead of lowbias32's two keeps stochasti
 within the speed target (fixed8 / float32 epoch 1.31 -> 1.27-1.29).
 
 ``u`` takes the 2**24 values k / 2**24, so ``E[u] = 1/2 - 2**-25``: the rounding is
-unbiased up to 3e-8 of one LSB. Because ``u`` depends only on (key, cell), results do not
-depend on how rows are split between threads (bit for bit reproducible with any thread
-count), and no generator state is kept or streamed through memory: a write reads ``g`` and
-``q`` and writes ``q`` and the shadow, nothing else.
+unbiased up to 3e-8 of one LSB. Because ``u`` depends only on (key, cell), results are bit
+for bit reproducible, and no generator state is kept or streamed through memory: a write
+reads ``g`` and ``q`` and writes ``q`` and the shadow, nothing else.
+
+The kernels run on the calling thread: running the write on torch's OpenMP threads (with
+the update's product by MKL's sgemm_ in the same region) or numba's ``parallel=True`` was
+not measurably faster in a whole epoch (1.02x, benchmarks/README.md), so both were removed.
 
 Speed: every value in the inner loop has the arithmetic type of ``unit`` (``np.float32(1)``
 for <= 8 bits, where |q| <= 127 leaves 17 fraction bits for ``v``; ``np.float64(1)`` for wider
@@ -35,18 +38,7 @@ rounding arithmetic has no reassociable chains.
 from __future__ import annotations
 
 import numpy as np
-from numba import carray, cfunc, njit, prange, types
-
-from .._ptr import (
-    _call_int,
-    _f32_ptr,
-    _f64_ptr,
-    _gomp_parallel,
-    _i8_ptr,
-    _i16_ptr,
-    _i64_ptr,
-    _sgemm,
-)
+from numba import njit
 
 _U24 = 1.0 / 16777216.0
 
@@ -101,155 +93,18 @@ def _accumulate_row(q, w, g, i, scale, unit, step, hi, stochastic, k, inv):
     return c
 
 
-@njit(cache=True, parallel=True, fastmath={"reassoc"})
+@njit(cache=True, fastmath={"reassoc"})
 def accumulate(q, w, g, scale, unit, step, hi, stochastic, key):
     """In place ``q <- clamp(round(q + scale * g), -hi, hi)``, ``w <- q * step``; returns the
     number of cells whose integer value changed. ``scale`` and ``hi`` have the type of
     ``unit``; ``step`` is float32 (the shadow's value ``q * step`` rounds once to float32);
-    ``key`` is this write's 32-bit random key (used only when ``stochastic``). Rows are split
-    between threads."""
-    n = q.shape[0]
-    inv = unit * np.float32(_U24)
-    k = np.uint32(key)
-    changed = np.zeros(n, np.float64)
-    for i in prange(n):
-        changed[i] = _accumulate_row(q, w, g, i, scale, unit, step, hi, stochastic, k, inv)
-    return int(changed.sum())
-
-
-@njit(cache=True, fastmath={"reassoc"})
-def accumulate_serial(q, w, g, scale, unit, step, hi, stochastic, key):
-    """``accumulate`` on the calling thread only (same results bit for bit): for small
-    layers, where waking a thread pool costs more than the pass."""
+    ``key`` is this write's 32-bit random key (used only when ``stochastic``)."""
     n = q.shape[0]
     inv = unit * np.float32(_U24)
     k = np.uint32(key)
     total = 0.0
     for i in range(n):
         total += _accumulate_row(q, w, g, i, scale, unit, step, hi, stochastic, k, inv)
-    return int(total)
-
-
-# -- the same write on torch's OpenMP threads ------------------------------------------------
-# numba's ``parallel=True`` above starts its own OpenMP pool beside torch's; on two cores the
-# two pools' spinning threads take turns on the same cores. These cfuncs are handed to
-# torch's own libgomp instead (see ``grapes_hw._omp``), one per storage type: int8 cells
-# with float32 arithmetic (<= 8 bits) and int16 cells with float64 arithmetic. Rows are
-# split between threads as in ``accumulate``; each cell's result depends only on (key, cell),
-# so all three versions agree bit for bit.
-
-_BLOCK = 16 + 64
-"""int64 words of the argument block: tid and nthreads functions, q, w, g, rows, cols,
-scale, step, hi (float64), stochastic, key, sgemm_, delta, x, batch, then one change count
-per thread (float64)."""
-
-
-@njit(inline="always")
-def _pool_rows(data, q, scale, hi, unit):
-    p = carray(data, _BLOCK, dtype=np.int64)
-    pf = carray(data, _BLOCK, dtype=np.float64)
-    tid = _call_int(p[0])
-    nth = _call_int(p[1])
-    n = p[5]
-    m = p[6]
-    w = carray(_f32_ptr(p[3]), (n, m))
-    g = carray(_f32_ptr(p[4]), (n, m))
-    step = np.float32(pf[8])
-    inv = unit * np.float32(_U24)
-    k = np.uint32(p[11])
-    stochastic = p[10] != 0
-    pf[16 + tid] = _accumulate_rows(q, w, g, n * tid // nth, n * (tid + 1) // nth, scale,
-                                    unit, step, hi, stochastic, k, inv)
-
-
-@njit(cache=True, fastmath={"reassoc"})
-def _accumulate_rows(q, w, g, r0, r1, scale, unit, step, hi, stochastic, k, inv):
-    """Rows r0..r1-1 of ``accumulate`` (a function of its own: compiled with array
-    arguments, LLVM vectorises it as it does ``accumulate``)."""
-    c = unit - unit
-    for i in range(r0, r1):
-        c += _accumulate_row(q, w, g, i, scale, unit, step, hi, stochastic, k, inv)
-    return c
-
-
-@njit(inline="always")
-def _pool_gemm_rows(data):
-    """``g[r0:r1] = delta[:, r0:r1]^T x`` for this thread's rows, with MKL's sgemm (single
-    threaded inside the region): the rows the write reads next are then in this core's
-    cache. Slots 12-15: sgemm_, delta, x, batch (0: g is given, no product)."""
-    p = carray(data, _BLOCK, dtype=np.int64)
-    if p[15] == 0:
-        return
-    tid = _call_int(p[0])
-    nth = _call_int(p[1])
-    n = p[5]
-    m = p[6]
-    r0 = n * tid // nth
-    r1 = n * (tid + 1) // nth
-    if r1 > r0 and m > 0:
-        # Row-major g[r0:r1] (n x m) is the column-major m x (r1 - r0) matrix at g + r0*m:
-        # x^T (m x B, 'N') @ delta[:, r0:r1] ('T' of the column-major n x B matrix delta^T).
-        _sgemm(p[12], 78, 84, m, r1 - r0, p[15], np.float32(1.0), p[14], m, p[13] + 4 * r0,
-               n, np.float32(0.0), p[4] + 4 * r0 * m, m)
-
-
-# Two entry points because a cfunc has one fixed machine type per value: int8 cells with
-# float32 arithmetic, int16 cells with float64. Everything else is in the helpers above.
-@cfunc(types.void(types.voidptr), cache=True, fastmath={"reassoc"})
-def _pool_accumulate_i8(data):
-    _pool_gemm_rows(data)
-    p = carray(data, _BLOCK, dtype=np.int64)
-    pf = carray(data, _BLOCK, dtype=np.float64)
-    _pool_rows(data, carray(_i8_ptr(p[2]), (p[5], p[6])), np.float32(pf[7]),
-               np.float32(pf[9]), np.float32(1.0))
-
-
-@cfunc(types.void(types.voidptr), cache=True, fastmath={"reassoc"})
-def _pool_accumulate_i16(data):
-    _pool_gemm_rows(data)
-    p = carray(data, _BLOCK, dtype=np.int64)
-    pf = carray(data, _BLOCK, dtype=np.float64)
-    _pool_rows(data, carray(_i16_ptr(p[2]), (p[5], p[6])), np.float64(pf[7]),
-               np.float64(pf[9]), np.float64(1.0))
-
-
-POOL_ACCUMULATE = {np.dtype(np.int8): _pool_accumulate_i8, np.dtype(np.int16): _pool_accumulate_i16}
-"""The cfunc for each integer storage type."""
-MAX_THREADS = _BLOCK - 16
-
-
-@njit(cache=True)
-def launch_accumulate(gomp_parallel, fn, block, q, w, g, n, m, scale, step, hi, stochastic,
-                      key, n_threads, delta, x, batch):
-    """Fill the block, run ``fn`` on torch's threads, return the number of changed cells.
-    With ``batch`` > 0, ``g`` is first set to ``delta^T x`` row block by row block (the
-    block's slot 12 holds the address of sgemm_)."""
-    p = carray(_i64_ptr(block), _BLOCK)
-    p[13] = delta
-    p[14] = x
-    p[15] = batch
-    pf = carray(_f64_ptr(block), _BLOCK)
-    p[2] = q
-    p[3] = w
-    p[4] = g
-    p[5] = n
-    p[6] = m
-    pf[7] = scale
-    pf[8] = step
-    pf[9] = hi
-    p[10] = stochastic
-    p[11] = key
-    for t in range(16, _BLOCK):
-        pf[t] = 0.0
-    _gomp_parallel(gomp_parallel, fn, block, n_threads)
-    p[2] = 0  # no pointer outlives the call
-    p[3] = 0
-    p[4] = 0
-    p[13] = 0
-    p[14] = 0
-    total = 0.0
-    for t in range(16, _BLOCK):
-        total += pf[t]
     return int(total)
 
 

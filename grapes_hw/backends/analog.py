@@ -317,13 +317,7 @@ class AnalogTileBackend:
         scales = self.tile.get_scales()
         scales = None if scales is None else scales.detach().reshape(-1).abs()
         if dim == 1:
-            if raw.dtype == torch.float32 and raw.is_contiguous():
-                from .._kernels import row_abs_sums  # fused numba pass
-
-                out = torch.empty(self.shape[0], dtype=torch.float32)
-                row_abs_sums(raw.numpy(), out.numpy())
-            else:
-                out = torch.linalg.vector_norm(raw, ord=1, dim=1)
+            out = raw.abs().sum(1)
             return out if scales is None else out.mul_(scales)
         if scales is not None and scales.numel() > 1:
             return (raw.abs() * scales[:, None]).sum(0)
@@ -362,13 +356,7 @@ class AnalogTileBackend:
         if before is None:
             return
         after = self._raw()
-        if after.dtype == torch.float32 and after.is_contiguous() and before.is_contiguous():
-            from ._analog_kernels import abs_diff_sum
-
-            diff = abs_diff_sum(after.numpy(), before.numpy())
-        else:
-            diff = float((after - before).abs().sum())
-        self._pulses += diff / self.dw_min
+        self._pulses += float((after - before).abs().sum()) / self.dw_min
         self._snap = after
 
     def update(self, x: torch.Tensor, delta: torch.Tensor, lr: float) -> None:

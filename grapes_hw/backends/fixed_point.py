@@ -102,10 +102,6 @@ def quantize_symmetric(x: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.round(x / scale).clamp_(-levels, levels).mul_(scale)
 
 
-_PARALLEL_MIN_CELLS = 16384
-"""Layers with fewer weights are written on one thread (a thread pool wake-up costs more)."""
-
-
 def _mix32(x: int) -> int:
     """Wellons' lowbias32 hash of a 32-bit word (two multiplies): derives the per-write keys
     of stochastic rounding from the seed and the write counter (the kernels hash the cells
@@ -169,69 +165,26 @@ class FixedPointBackend:
         self._g_np = self._g.numpy()
         self._step32 = np.float32(self.step)
         self._hi = self._ft(self.qmax)
-        self._parallel = self.q.numel() >= _PARALLEL_MIN_CELLS
-        self._ptrs = (self.q.data_ptr(), self.w.data_ptr())
-        self._g_ptr = self._g.data_ptr()
-        self._pool = None  # see _torch_pool
 
     # -- the fused write ---------------------------------------------------------------------
-    def _write(self, g: torch.Tensor, scale: float, accumulate: bool,
-               product: tuple[torch.Tensor, torch.Tensor] | None = None) -> int:
-        """Write ``g`` (scaled by ``scale``) into the cells. With ``product = (delta, x)``
-        (float32, contiguous) ``g`` is the buffer ``self._g`` and receives ``delta^T x``
-        first, inside the same parallel region where that is available."""
+    def _write(self, g: torch.Tensor, scale: float, accumulate: bool) -> int:
+        """Write ``g`` (scaled by ``scale``) into the cells, on the calling thread; returns the
+        number of cells changed (``accumulate``) or 0 (``assign``)."""
         if g is self._g:
-            g_np, g_ptr = self._g_np, self._g_ptr
+            g_np = self._g_np
         else:
             if not g.is_contiguous() or g.dtype != torch.float32:
                 g = g.to(torch.float32).contiguous()
-            g_np, g_ptr = g.numpy(), g.data_ptr()
+            g_np = g.numpy()
         k = _kernels()
         key = 0
         if self._stochastic:  # a fresh key per write (0x9E3779B9 odd: distinct per counter)
             self._writes_done += 1
             key = _mix32(self._seed_key + self._writes_done * 0x9E3779B9)
-        # On torch's own threads where possible (no second thread pool), the product too.
-        pool = self._torch_pool() if accumulate and self._parallel else None
-        fused = product is not None and pool is not None and pool[3]
-        if product is not None and not fused:
-            torch.mm(product[0].T, product[1], out=self._g)
-        if pool is not None:
-            gp, fn, block, _ = pool
-            args = ((product[0].data_ptr(), product[1].data_ptr(), product[1].shape[0])
-                    if fused else (0, 0, 0))
-            return int(k.launch_accumulate(
-                gp, fn, block, self._ptrs[0], self._ptrs[1], g_ptr,
-                self.shape[0], self.shape[1], float(scale), float(self._step32),
-                float(self._hi), self._stochastic, key,
-                min(torch.get_num_threads(), k.MAX_THREADS), *args))
-        if accumulate:
-            kernel = k.accumulate if self._parallel else k.accumulate_serial
-        else:
-            kernel = k.assign
+        kernel = k.accumulate if accumulate else k.assign
         n = kernel(self._np[0], self._np[1], g_np, self._ft(scale), self._unit,
                    self._step32, self._hi, self._stochastic, key)
         return int(n) if accumulate else 0
-
-    def _torch_pool(self):
-        """(GOMP_parallel, the cfunc, the argument block address, whether MKL's sgemm_ is
-        there to fuse the update's product) to run the write on torch's OpenMP threads, or
-        None where that is not available."""
-        if self._pool is None:
-            self._pool = False
-            from .. import _omp  # lazy: numba cfuncs
-
-            pool = _omp._pool()
-            if pool is not None:
-                k = _kernels()
-                block = np.zeros(k._BLOCK, dtype=np.int64)
-                block[0:2] = pool.addr[0:2]
-                sgemm = _omp._sgemm_address()
-                block[12] = sgemm or 0
-                self._pool_block = block  # kept alive: the kernel reads it by address
-                self._pool = (pool.parallel, k.POOL_ACCUMULATE[self._np[0].dtype].address,
-                              block.ctypes.data, sgemm is not None)
-        return self._pool or None
 
     def _quantize_from(self, w: torch.Tensor) -> None:
         if tuple(w.shape) != self.shape:
@@ -294,11 +247,8 @@ class FixedPointBackend:
         delta = self._adc(delta)
         scale = -lr / (x.shape[0] * self.step)
         if x.dtype == torch.float32 and delta.dtype == torch.float32:
-            if not x.is_contiguous():
-                x = x.contiguous()
-            if not delta.is_contiguous():
-                delta = delta.contiguous()
-            self._changed += self._write(self._g, scale, accumulate=True, product=(delta, x))
+            torch.mm(delta.T, x, out=self._g)
+            self._changed += self._write(self._g, scale, accumulate=True)
         else:
             self._changed += self._write(delta.T @ x, scale, accumulate=True)
 

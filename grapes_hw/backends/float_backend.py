@@ -61,13 +61,9 @@ class FloatBackend:
         self.w.copy_(w)
 
     def abs_sums(self, dim: int, ideal: bool = False) -> torch.Tensor:
-        if dim == 1 and self.w.is_contiguous():
-            from .._kernels import row_abs_sums  # fused numba pass (compiled on first use)
-
-            out = torch.empty(self.shape[0], dtype=self.dtype)
-            row_abs_sums(self.w.numpy(), out.numpy())
-            return out
-        return torch.linalg.vector_norm(self.w, ord=1, dim=dim)
+        # abs().sum(): 1.14-1.25x faster in a GRAPES epoch than linalg.vector_norm (ord=1),
+        # and a numba row-sum kernel gained only 1.05x over it (benchmarks/README.md).
+        return self.w.abs().sum(dim)
 
     # -- compute -----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
