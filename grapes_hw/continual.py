@@ -162,7 +162,8 @@ class _Model:
 
             self.net = build_snu_network(cfg, model, n_in, n_out)
             self.learner = SNULearner(self.net, grapes, self.optimizer, cfg.time_steps,
-                                      torch.Generator().manual_seed(cfg.seed + 2718281))
+                                      torch.Generator().manual_seed(cfg.seed + 2718281),
+                                      batch_size=cfg.batch_size)
             self.importance = lambda l: self.net.layers[l].backend.abs_sums(1)
 
     def lr(self) -> tuple[float, float]:

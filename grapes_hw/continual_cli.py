@@ -87,6 +87,8 @@ def add_cli(subparsers) -> None:
     p.add_argument("--momentum", type=unit_interval, default=0.9,
                    help="momentum coefficient for momentum/nag, in [0, 1)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="minibatch size")
+    p.add_argument("--dropout", type=unit_interval, default=0.0, metavar="P",
+                   help="dropout probability of hidden nodes, in [0, 1) (mlp only)")
     p.add_argument("--grapes-lower", type=lower_bound, default=1.0,
                    help="lower bound of the GRAPES factor, in [0, 2] or 'none' (unbounded)")
     p.add_argument("--time-steps", type=positive_int, default=20,
@@ -112,6 +114,7 @@ def cmd_continual(args: argparse.Namespace) -> int:
     base = TrainConfig(dataset=args.dataset, layers=tuple(args.layers), activation=args.activation,
                        optimizer=args.optimizer, credit=args.credit, lr=args.lr,
                        momentum=args.momentum, batch_size=args.batch_size,
+                       dropout=args.dropout,
                        train_subset=args.train_subset, grapes_lower=args.grapes_lower,
                        model=args.model, time_steps=args.time_steps,
                        test_time_steps=args.test_time_steps, data_dir=args.data_dir,
