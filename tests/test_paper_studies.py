@@ -1,0 +1,134 @@
+"""The paper-reproduction studies (issue 16): their grids expand to exactly the paper's
+protocols (dry run, nothing is trained), and the continual-learning command lines in
+studies/README.md parse to the paper's settings."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from grapes_hw.sweep import load_study
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDIES = ROOT / "studies"
+
+
+def _rule(cfg) -> str:
+    if cfg.grapes != "off":
+        return f"grapes-{cfg.grapes}"
+    return "lr-matched" if cfg.lr_matched else "sgd"
+
+
+def _common_paper_settings(cfg) -> None:
+    assert cfg.dataset == "fashion-mnist"  # the paper: MNIST, whose training set is not here
+    assert cfg.model == "mlp" and cfg.activation == "relu"
+    assert cfg.optimizer == "sgd" and cfg.lr == 0.001 and cfg.batch_size == 64
+    assert cfg.backend == "float32" and cfg.credit == "bp"
+
+
+def test_depth_study_grid_is_the_fig4bc_protocol():
+    st = load_study(STUDIES / "depth_scaling.toml", check_backends=False)
+    got = [(r.config.layers[0], len(r.config.layers), _rule(r.config), r.config.seed)
+           for r in st.runs]
+    want = set(itertools.product((128, 256, 512), (2, 4, 6, 8, 10),
+                                 ("sgd", "grapes-propagating", "lr-matched"), (0, 1, 2)))
+    assert len(got) == len(set(got)) == 135
+    assert set(got) == want
+    assert len({r.key for r in st.runs}) == 135
+    for r in st.runs:
+        cfg = r.config
+        _common_paper_settings(cfg)
+        assert len(set(cfg.layers)) == 1  # one width per network
+        assert cfg.dropout == 0.1
+        assert cfg.epochs >= 50
+        assert cfg.grapes_lower == 1.0 and not cfg.bias
+    quick = load_study(STUDIES / "depth_scaling.toml", quick=True, check_backends=False)
+    assert {r.config.dataset for r in quick.runs} == {"digits"}
+    assert len(quick.runs) <= 12 and {r.config.seed for r in quick.runs} == {0}
+
+
+def test_convergence_study_is_the_fig4a_protocol():
+    st = load_study(STUDIES / "convergence.toml", check_backends=False)
+    got = {(_rule(r.config), r.config.seed) for r in st.runs}
+    assert len(st.runs) == 9
+    assert got == set(itertools.product(("sgd", "grapes-propagating", "lr-matched"), (0, 1, 2)))
+    for r in st.runs:
+        _common_paper_settings(r.config)
+        assert r.config.layers == (256,) * 10
+        assert r.config.dropout == 0.0 and r.config.epochs >= 100
+
+
+def test_snu_study_is_the_fig7a_protocol():
+    st = load_study(STUDIES / "snu.toml", check_backends=False)
+    got = {(r.config.model, tuple(r.config.layers), r.config.grapes, r.config.seed)
+           for r in st.runs}
+    models = {("snu", (256, 256, 256)), ("ssnu", (256, 256))}  # the paper's depths
+    assert len(st.runs) == 12
+    assert got == {(m, lay, g, s) for (m, lay), g, s in
+                   itertools.product(models, ("off", "propagating"), (0, 1, 2))}
+    for r in st.runs:
+        cfg = r.config
+        assert cfg.dataset == "fashion-mnist" and cfg.optimizer == "sgd"
+        assert cfg.resolved_lr() == (0.1, "default for sgd")  # the SNU defaults' lr
+        assert cfg.time_steps == 20 and cfg.test_time_steps > cfg.time_steps
+        assert cfg.extra == {}  # the package's SNU defaults
+    quick = load_study(STUDIES / "snu.toml", quick=True, check_backends=False)
+    assert {r.config.dataset for r in quick.runs} == {"digits"} and len(quick.runs) == 4
+
+
+def _paper_section() -> str:
+    text = (STUDIES / "README.md").read_text()
+    return text[text.index("## Paper reproduction"):]
+
+
+def _continual_commands() -> list[list[str]]:
+    """The ``grapes-hw continual`` lines of the section's shell blocks, as CLI arguments."""
+    blocks = re.findall(r"```sh\n(.*?)```", _paper_section(), flags=re.S)
+    cmds = []
+    for line in "\n".join(blocks).replace("\\\n", " ").splitlines():
+        words = shlex.split(line, comments=True)
+        if "grapes-hw" in words and "continual" in words:
+            cmds.append(words[words.index("grapes-hw") + 1:])
+    return cmds
+
+
+def test_readme_continual_commands_are_the_papers_settings(monkeypatch):
+    import grapes_hw.continual as continual
+    from grapes_hw.cli import main
+
+    seen = []
+
+    def fake_run(cc, out, **kw):
+        seen.append((cc, str(out)))
+        return {"mean": []}
+
+    monkeypatch.setattr(continual, "run_continual", fake_run)
+    cmds = _continual_commands()
+    assert len(cmds) == 2
+    for args in cmds:
+        assert main(args) == 0
+    assert sorted(cc.k for cc, _ in seen) == [300, 600]
+    assert len({out for _, out in seen}) == 2  # one results folder per K
+    for cc, _ in seen:
+        cc.check()
+        b = cc.base
+        assert b.dataset == "fashion-mnist" and b.model == "mlp"
+        assert b.layers == (256, 256, 256) and b.activation == "relu"
+        assert b.dropout == 0.1 and b.optimizer == "sgd" and b.lr == 0.001
+        assert b.batch_size == 64
+        assert cc.n_tasks == 5 and cc.epochs_per_task == 10 and cc.k_pixels is None
+        assert cc.rules == ("sgd", "grapes") and cc.seeds == (0, 1, 2)
+        assert cc.backends == ("float32",)
+        for rule in cc.rules:  # the dropout reaches every rule's run
+            assert cc.rule_config(rule, "float32", 0).dropout == 0.1
+
+
+@pytest.mark.parametrize("name", ["depth_scaling", "convergence", "snu"])
+def test_study_headers_state_the_compute_estimate(name):
+    head = (STUDIES / f"{name}.toml").read_text().split("[study]")[0]
+    assert "no MNIST training set" in head
+    assert re.search(r"CPU-hours at[\s#]+1[\s#]+worker", head), head
