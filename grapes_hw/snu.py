@@ -28,20 +28,23 @@ highest rate (ties go to the lowest index).
 **What keeps training stable** (issue 16; measured on digits, 3 x 256, SGD lr 0.1, N_s 20):
 
 * *Partial minibatches weigh by their size.* Digits has 1347 training images, so every
-  epoch ends with a batch of 3. Its batch-mean gradient is as large as a full batch's but
-  far noisier (the output layer's update was 6-8 times the median), and it was the step
-  that broke the runs: ``--model snu`` went from 0.57 to 0.102 test accuracy at the end of
-  epoch 3 on exactly that step. Each sample therefore moves the weights by
-  ``lr / batch_size`` times its gradient, in a partial batch too (``SNULearner(batch_size=
-  ...)``; the update of a batch of ``B < batch_size`` is scaled by ``B / batch_size``).
+  epoch ends with a batch of 3. Its batch-mean gradient counts each of the 3 images 21
+  times as much as a full batch does and is far noisier (on those steps the largest output
+  bias moved by 0.06-0.15, the median step moved it by 0.02; once the output update was 11
+  times its median), and it was the step that broke the runs: ``--model snu`` went from
+  0.57 to 0.102 test accuracy at the end of epoch 3 on exactly that step, and test
+  accuracies dipped at epoch ends while the training accuracy held (0.92 -> 0.62; a
+  1344-image subset, no partial batch, trained smoothly). Each sample therefore moves the
+  weights by ``lr / batch_size`` times its gradient, in a partial batch too
+  (``SNULearner(batch_size=...)``: a batch of ``B < batch_size`` takes ``B / batch_size``
+  of the step).
 * *Thresholds stay positive* (``min_threshold``): with ``g = ReLU`` the state is ``>= 0``
   (and 0 without input), so a trained bias ``b >= 0`` makes the SNU fire at every step
-  whatever its input. Cross-
-  entropy keeps raising the output biases of the target classes (the surrogate gradient
-  reaches ``b`` at every step, also where ``s = 0``), and a step that takes one over 0 makes
-  that class win every image: the 0.102 collapse (output ``max b`` +0.028, one of ten output
-  units spiking at all 20 steps for every input, next batch loss 14.7). After each update
-  ``b`` is clipped to ``<= -min_threshold``.
+  whatever its input. Cross-entropy keeps raising the output biases of the target classes
+  (the surrogate gradient reaches ``b`` at every step, also where ``s = 0``), and a step
+  that takes one over 0 makes that class win every image: the 0.102 collapse (output
+  ``max b`` +0.028, one of ten output units spiking at all 20 steps for every input, next
+  batch loss 14.7). After each update ``b`` is clipped to ``<= -min_threshold``.
 * *The output layer's state is linear* (``output_g = "identity"``; hidden layers keep
   ``g = ReLU``): an output unit whose ReLU state input is ``<= 0`` for every image gets no
   gradient again and its class is never predicted (the sSNU plateaued at 0.35-0.44 test
