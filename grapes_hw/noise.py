@@ -179,17 +179,12 @@ class NoisyBackend:
         return self.ref()
 
     @property
-    def exact_read(self) -> bool:
-        """Only without read noise is ``read()`` the inner backend's own tensor."""
-        return self.noise.read_sigma == 0 and self.inner.abilities.exact_read
-
-    @property
     def abilities(self) -> Abilities:
         """The inner backend's, with a reference scale for the sigmas always, and an exact
-        read only without read noise."""
+        read only without read noise (only then is ``read()`` the inner's own tensor)."""
         a = self.inner.abilities
         return Abilities(store=True, weight_range=True, drift=a.drift,
-                         exact_read=self.exact_read)
+                         exact_read=self.noise.read_sigma == 0 and a.exact_read)
 
     def program_and_drift(self, t_seconds: float, compensation: bool | None = None) -> None:
         """The inner inference tile's programming and drift (``abilities.drift``)."""

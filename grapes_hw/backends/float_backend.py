@@ -29,9 +29,8 @@ class FloatBackend:
     be put side by side (a digital SRAM write per weight per update).
     """
 
-    exact_read = True
-    """``read()`` is the stored tensor itself (see ``backends/base.py``)."""
     abilities = Abilities(store=True, exact_read=True)
+    """``read()`` is the stored tensor itself (see ``backends/base.py``)."""
     pulse_unit = "writes"
     """What ``pulses()`` counts: every weight written by each update (digital writes)."""
 
