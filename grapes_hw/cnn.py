@@ -60,16 +60,14 @@ is flattened into the dense head (``--layers``, then the output layer). Default
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .config import require
 from .errors import ConfigError
-from .grapes import GrapesParameters, mean_factor, modulation_factor
+from .grapes import GrapesParameters, modulation_factor
 from .learning import FactorStats, softmax_error
 from .network import HWLinear, Network, he_uniform
 
@@ -730,23 +728,11 @@ def describe(net: ConvNet, spec: str) -> dict:
             "exact_conv_kernels": all(c.exact for c in net.convs)}
 
 
-def run_cnn(cfg, *, progress: bool = False, on_epoch=None, dataset=None) -> dict:
-    """``train.run`` for ``--model cnn``: same result keys as the MLP run, plus
-    ``config.cnn`` (the architecture)."""
-    from .data import load_dataset
-    from .devices import resolve_device_model
-    from .runloop import build_optimizer, memory_report, result_record, train_loop
+def build_cnn_run(cfg, model, data, x_train, optimizer):
+    """The CNN and its learner for ``runloop.run_model`` (``train.run`` with ``--model
+    cnn``): the same result keys as the MLP run, plus ``config.cnn`` (the architecture)."""
+    from .runloop import ModelRun
 
-    cfg.check()
-    model = resolve_device_model(cfg.backend)
-    torch.manual_seed(cfg.seed)
-    data = dataset or load_dataset(cfg.dataset, data_dir=cfg.data_dir,
-                                   train_subset=cfg.train_subset, val_fraction=cfg.val_fraction,
-                                   seed=cfg.seed, download=cfg.download, progress=progress)
-    as_t = lambda a, dt: torch.from_numpy(np.ascontiguousarray(a, dtype=dt))  # noqa: E731
-    x_train, y_train = as_t(data.x_train, np.float32), as_t(data.y_train, np.int64)
-    x_test, y_test = as_t(data.x_test, np.float32), as_t(data.y_test, np.int64)
-    x_val, y_val = as_t(data.x_val, np.float32), as_t(data.y_val, np.int64)
     image_shape = tuple(data.image_shape)
     n_pix = image_shape[0] * image_shape[1]
     if x_train.shape[1] % n_pix:
@@ -755,35 +741,26 @@ def run_cnn(cfg, *, progress: bool = False, on_epoch=None, dataset=None) -> dict
     spec = resolved_conv(cfg)
     net = build_cnn(cfg, model, image_shape, data.n_classes,
                     in_channels=x_train.shape[1] // n_pix)
-    optimizer = build_optimizer(cfg)
     learner = CNNLearner(net, cfg.grapes_params(), optimizer, cfg.credit,
                          torch.Generator().manual_seed(cfg.seed + 104729))
-
-    (lr, _), lr_scale = cfg.resolved_lr(), 1.0
-    if cfg.lr_matched:
-        imps = [learner.importance(l) for l in range(net.n_hidden)]
-        lr_scale = mean_factor(imps, cfg.grapes_lower)
-        lr = lr * lr_scale
 
     def evaluate(x, y) -> float:
         if x.shape[0] == 0:
             return float("nan")
         return float((net.predict(x) == y).double().mean())
 
-    t_start = time.perf_counter()
-    epochs, status, diverged_epoch = train_loop(
-        learner, net, cfg, lr, x_train, y_train, evaluate, x_test, y_test, x_val, y_val,
-        progress=progress, on_epoch=on_epoch)
-    drift = None
-    if cfg.drift_eval and status == "ok":
-        from .backends.analog import drift_evaluation
+    return ModelRun(net, learner, evaluate,
+                    lambda: [learner.importance(l) for l in range(net.n_hidden)], learner,
+                    {"cnn": describe(net, spec)})
 
-        drift = drift_evaluation(net, x_test, y_test, seed=cfg.seed)
-    return result_record(cfg, model, data, (x_train, x_test, x_val), epochs, status,
-                         diverged_epoch, optimizer, memory_report(net, optimizer, learner),
-                         lr, lr_scale, drift, t_start, {"cnn": describe(net, spec)})
+
+def run_cnn(cfg, *, progress: bool = False, on_epoch=None, dataset=None) -> dict:
+    """``train.run`` for ``--model cnn``."""
+    from .runloop import run_model
+
+    return run_model(cfg, build_cnn_run, progress=progress, on_epoch=on_epoch, dataset=dataset)
 
 
 __all__ = ["DEFAULT_CONV", "ConvLayerSpec", "parse_conv", "feature_shapes", "check_config",
            "exact_mvm", "HWConv2d", "ConvContext", "Pool2d", "ConvNet", "CNNLearner",
-           "build_cnn", "run_cnn"]
+           "build_cnn", "build_cnn_run", "run_cnn"]

@@ -14,7 +14,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -254,3 +254,71 @@ def result_record(cfg, model, data, splits, epochs: list[dict], status: str,
         "seconds_total": time.perf_counter() - t_start,
         "versions": versions(),
     }
+
+
+# ---- the one run driver ------------------------------------------------------------------
+@dataclass
+class ModelRun:
+    """What a model's builder hands the driver (see ``run_model``)."""
+
+    net: Any
+    """The network (``layers`` hold the backends; ``n_hidden``)."""
+    learner: Any
+    """``learner.step(x, y, lr) -> (loss, correct)`` and ``learner.stats`` (FactorStats)."""
+    evaluate: Callable[[torch.Tensor, torch.Tensor], float]
+    """Test-time accuracy of ``(x, y)``."""
+    importances: Callable[[], list[torch.Tensor]]
+    """Per hidden layer, the GRAPES importance now (for the lr-matched control)."""
+    feedback: Any
+    """Whatever reports the credit assignment's digital state (``state_bytes()``)."""
+    extra_config: dict = field(default_factory=dict)
+    """Model-specific settings recorded in ``result.json``'s config."""
+    drift: bool = True
+    """Whether ``drift_eval`` applies to this model."""
+
+
+Builder = Callable[..., ModelRun]
+"""``builder(cfg, device_model, data, x_train, optimizer) -> ModelRun``."""
+
+
+def run_model(cfg: TrainConfig, builder: Builder, *, progress: bool = False,
+              on_epoch: EpochCallback | None = None, dataset=None) -> dict:
+    """One training run of any model: the data, the device model, the optimizer, the learning
+    rate (with the lr-matched scaling), the epoch loop, the drift evaluation and the result
+    record are the same for every model; ``builder`` makes the network and its learner."""
+    from .data import load_dataset
+    from .grapes import mean_factor
+
+    cfg.check()
+    model = resolve_device_model(cfg.backend)
+    torch.manual_seed(cfg.seed)
+    data = dataset or load_dataset(cfg.dataset, data_dir=cfg.data_dir,
+                                   train_subset=cfg.train_subset, val_fraction=cfg.val_fraction,
+                                   seed=cfg.seed, download=cfg.download, progress=progress)
+
+    def as_t(a, dt):
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=dt))
+
+    x_train, y_train = as_t(data.x_train, np.float32), as_t(data.y_train, np.int64)
+    x_test, y_test = as_t(data.x_test, np.float32), as_t(data.y_test, np.int64)
+    x_val, y_val = as_t(data.x_val, np.float32), as_t(data.y_val, np.int64)
+    optimizer = build_optimizer(cfg)
+    m = builder(cfg, model, data, x_train, optimizer)
+
+    (lr, _), lr_scale = cfg.resolved_lr(), 1.0
+    if cfg.lr_matched:
+        lr_scale = mean_factor(m.importances(), cfg.grapes_lower)
+        lr = lr * lr_scale
+
+    t_start = time.perf_counter()
+    epochs, status, diverged_epoch = train_loop(
+        m.learner, m.net, cfg, lr, x_train, y_train, m.evaluate, x_test, y_test, x_val, y_val,
+        progress=progress, on_epoch=on_epoch)
+    drift = None
+    if cfg.drift_eval and m.drift and status == "ok":
+        from .backends.analog import drift_evaluation
+
+        drift = drift_evaluation(m.net, x_test, y_test, seed=cfg.seed)
+    return result_record(cfg, model, data, (x_train, x_test, x_val), epochs, status,
+                         diverged_epoch, optimizer, memory_report(m.net, optimizer, m.feedback),
+                         lr, lr_scale, drift, t_start, m.extra_config)

@@ -91,14 +91,12 @@ Only BP credit assignment is supported for SNUs; dropout is not.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from .config import from_mapping, require, to_dict
-from .grapes import GrapesParameters, mean_factor, modulation_factor
+from .grapes import GrapesParameters, modulation_factor
 from .learning import FactorStats, softmax_error
 from .network import HWLinear, he_uniform
 
@@ -427,27 +425,13 @@ def build_snu_network(cfg, model, n_in: int, n_out: int) -> SNUNetwork:
     return SNUNetwork(base.layers, soft=soft, params=params)
 
 
-def run_snu(cfg, *, progress: bool = False, on_epoch=None, dataset=None) -> dict:
-    """``train.run`` for ``--model snu|ssnu``: same result keys as the MLP run."""
-    from .data import load_dataset
-    from .devices import load_device_model
-    from .runloop import build_optimizer, memory_report, result_record, train_loop
-
-    cfg.check()
-    model = load_device_model(cfg.backend)
-    torch.manual_seed(cfg.seed)
-    data = dataset or load_dataset(cfg.dataset, data_dir=cfg.data_dir,
-                                   train_subset=cfg.train_subset, val_fraction=cfg.val_fraction,
-                                   seed=cfg.seed, download=cfg.download, progress=progress)
-    as_t = lambda a, dt: torch.from_numpy(np.ascontiguousarray(a, dtype=dt))  # noqa: E731
-    x_train, y_train = as_t(data.x_train, np.float32), as_t(data.y_train, np.int64)
-    x_test, y_test = as_t(data.x_test, np.float32), as_t(data.y_test, np.int64)
-    x_val, y_val = as_t(data.x_val, np.float32), as_t(data.y_val, np.int64)
+def build_snu_run(cfg, model, data, x_train, optimizer):
+    """The SNU/sSNU network and its BPTT learner for ``runloop.run_model`` (``train.run``
+    with ``--model snu|ssnu``): the same result keys as the MLP run, plus ``config.snu``."""
+    from .runloop import ModelRun
 
     net = build_snu_network(cfg, model, x_train.shape[1], data.n_classes)
-    optimizer = build_optimizer(cfg)
-    grapes = cfg.grapes_params()
-    learner = SNULearner(net, grapes, optimizer, cfg.time_steps,
+    learner = SNULearner(net, cfg.grapes_params(), optimizer, cfg.time_steps,
                          torch.Generator().manual_seed(cfg.seed + 2718281),
                          batch_size=cfg.batch_size)
 
@@ -455,27 +439,24 @@ def run_snu(cfg, *, progress: bool = False, on_epoch=None, dataset=None) -> dict
         def state_bytes(self) -> int:
             return 0
 
-    (lr, _), lr_scale = cfg.resolved_lr(), 1.0
-    if cfg.lr_matched:
-        imps = [net.layers[l].backend.abs_sums(1) for l in range(net.n_hidden)]
-        lr_scale = mean_factor(imps, cfg.grapes_lower)
-        lr = lr * lr_scale
-
     def evaluate(x, y) -> float:
         if x.shape[0] == 0:
             return float("nan")
         gen = torch.Generator().manual_seed(cfg.seed + 31337)  # same test spikes every epoch
         return float((net.predict(x, cfg.test_time_steps, gen) == y).double().mean())
 
-    t_start = time.perf_counter()
-    epochs, status, diverged_epoch = train_loop(
-        learner, net, cfg, lr, x_train, y_train, evaluate, x_test, y_test, x_val, y_val,
-        progress=progress, on_epoch=on_epoch)
-    # drift: --drift-eval applies to MLP runs on analog inference tiles only
-    return result_record(cfg, model, data, (x_train, x_test, x_val), epochs, status,
-                         diverged_epoch, optimizer, memory_report(net, optimizer, _NoFeedback()),
-                         lr, lr_scale, None, t_start, {"snu": to_dict(net.params)})
+    # drift: --drift-eval applies to MLP and CNN runs on analog inference tiles only
+    return ModelRun(net, learner, evaluate,
+                    lambda: [net.layers[l].backend.abs_sums(1) for l in range(net.n_hidden)],
+                    _NoFeedback(), {"snu": to_dict(net.params)}, drift=False)
+
+
+def run_snu(cfg, *, progress: bool = False, on_epoch=None, dataset=None) -> dict:
+    """``train.run`` for ``--model snu|ssnu``."""
+    from .runloop import run_model
+
+    return run_model(cfg, build_snu_run, progress=progress, on_epoch=on_epoch, dataset=dataset)
 
 
 __all__ = ["MODELS", "SNUParams", "SNUNetwork", "SNULearner", "rate_code", "h_out", "h_grad",
-           "snu_step", "build_snu_network", "run_snu", "check_config"]
+           "snu_step", "build_snu_network", "build_snu_run", "run_snu", "check_config"]

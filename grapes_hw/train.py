@@ -9,11 +9,9 @@ write pulses and the versions used.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
 import torch
 
 from .config import default_lr, default_lr_text, is_positive_lr, require
@@ -21,18 +19,16 @@ from .credit import make_credit
 from .devices import (
     DeviceModel,
     is_rpu_config,
-    resolve_device_model,
 )
-from .grapes import GrapesParameters, mean_factor
+from .grapes import GrapesParameters
 from .learning import Learner
-from .runloop import (  # the run loop and result record every model shares
+from .runloop import (  # the run driver, loop and result record every model shares
     EpochCallback,
+    ModelRun,
     build_network,
-    build_optimizer,
+    build_optimizer,  # noqa: F401 (part of this module's API: tests, benchmarks, continual)
     evaluate,
-    memory_report,
-    result_record,
-    train_loop,
+    run_model,
 )
 
 MODELS = ("mlp", "snu", "ssnu", "cnn")
@@ -187,58 +183,33 @@ class TrainConfig:
                                 bits=self.grapes_bits, ideal_read=self.grapes_ideal_read)
 
 
-def run(cfg: TrainConfig, *, progress: bool = False,
-        on_epoch: EpochCallback | None = None, dataset=None) -> dict:
-    """Train one network as configured; return the result dictionary."""
-    from .data import load_dataset
-
-    cfg.check()
-    if cfg.model == "cnn":
-        from .cnn import run_cnn
-
-        return run_cnn(cfg, progress=progress, on_epoch=on_epoch, dataset=dataset)
-    if cfg.model != "mlp":
-        from .snu import run_snu
-
-        return run_snu(cfg, progress=progress, on_epoch=on_epoch, dataset=dataset)
-    model = resolve_device_model(cfg.backend)
-    torch.manual_seed(cfg.seed)
-    data = dataset or load_dataset(cfg.dataset, data_dir=cfg.data_dir,
-                                   train_subset=cfg.train_subset, val_fraction=cfg.val_fraction,
-                                   seed=cfg.seed, download=cfg.download, progress=progress)
-    x_train = torch.from_numpy(np.ascontiguousarray(data.x_train, dtype=np.float32))
-    y_train = torch.from_numpy(np.asarray(data.y_train, dtype=np.int64))
-    x_test = torch.from_numpy(np.ascontiguousarray(data.x_test, dtype=np.float32))
-    y_test = torch.from_numpy(np.asarray(data.y_test, dtype=np.int64))
-    x_val = torch.from_numpy(np.ascontiguousarray(data.x_val, dtype=np.float32))
-    y_val = torch.from_numpy(np.asarray(data.y_val, dtype=np.int64))
-
+def build_mlp(cfg: TrainConfig, model, data, x_train, optimizer) -> ModelRun:
+    """The MLP's network (``build_network``), credit assignment and learner."""
     net = build_network(cfg, model, x_train.shape[1], data.n_classes)
     credit = make_credit(cfg.credit, net, torch.Generator().manual_seed(cfg.seed + 104729))
-    optimizer = build_optimizer(cfg)
-    grapes = cfg.grapes_params()
-    learner = Learner(net, credit, grapes, optimizer)
+    learner = Learner(net, credit, cfg.grapes_params(), optimizer)
+    return ModelRun(net, learner, lambda x, y: evaluate(net, x, y),
+                    lambda: [credit.importance(l) for l in range(net.n_hidden)], credit)
 
-    lr, _ = cfg.resolved_lr()
-    lr_scale = 1.0
-    if cfg.lr_matched:
-        imps = [credit.importance(l) for l in range(net.n_hidden)]
-        lr_scale = mean_factor(imps, cfg.grapes_lower)
-        lr = lr * lr_scale
 
-    t_start = time.perf_counter()
-    epochs, status, diverged_epoch = train_loop(
-        learner, net, cfg, lr, x_train, y_train, lambda x, y: evaluate(net, x, y),
-        x_test, y_test, x_val, y_val, progress=progress, on_epoch=on_epoch)
+def _builder(name: str):
+    if name == "mlp":
+        return build_mlp
+    if name == "cnn":
+        from .cnn import build_cnn_run
 
-    drift = None
-    if cfg.drift_eval and status == "ok":
-        from .backends.analog import drift_evaluation
+        return build_cnn_run
+    from .snu import build_snu_run
 
-        drift = drift_evaluation(net, x_test, y_test, seed=cfg.seed)
-    return result_record(cfg, model, data, (x_train, x_test, x_val), epochs, status,
-                         diverged_epoch, optimizer, memory_report(net, optimizer, credit), lr,
-                         lr_scale, drift, t_start)
+    return build_snu_run
+
+
+def run(cfg: TrainConfig, *, progress: bool = False,
+        on_epoch: EpochCallback | None = None, dataset=None) -> dict:
+    """Train one network as configured (any ``model``); return the result dictionary."""
+    cfg.check()
+    return run_model(cfg, _builder(cfg.model), progress=progress, on_epoch=on_epoch,
+                     dataset=dataset)
 
 
 def with_overrides(cfg: TrainConfig, **kw) -> TrainConfig:

@@ -116,3 +116,28 @@ def test_ctrl_c_mid_epoch_keeps_the_finished_epochs(monkeypatch):
     assert [e["epoch"] for e in r["epochs"]] == [1, 2]
     assert "partial" not in r["epochs"][0] and r["epochs"][1]["partial"] is True
     assert r["epochs"][0]["test_acc"] is not None and r["best_test_acc"] is not None
+
+
+def test_one_driver_for_every_model(monkeypatch):
+    """mlp, snu, ssnu and cnn runs all go through runloop.run_model and its one epoch loop,
+    and give results with the same keys."""
+    from grapes_hw import runloop
+    from grapes_hw.train import MODELS
+
+    loops = []
+    real = runloop.train_loop
+
+    def counting(*a, **kw):
+        loops.append(a[2].model)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(runloop, "train_loop", counting)
+    keys = {}
+    for model in MODELS:
+        extra = {"conv": "4:3"} if model == "cnn" else {}
+        r = run(TrainConfig(dataset="digits", model=model, layers=(16,), epochs=1,
+                            train_subset=256, time_steps=4, test_time_steps=4, **extra))
+        assert r["status"] == "ok", model
+        keys[model] = set(r)
+    assert loops == list(MODELS)
+    assert len({frozenset(k) for k in keys.values()}) == 1
