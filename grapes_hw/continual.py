@@ -136,64 +136,21 @@ class ContinualConfig:
 
 
 # ---- one run -----------------------------------------------------------------------------------
-class _Model:
-    """The network + learner + predict for an MLP or a spiking model."""
-
-    def __init__(self, cfg, n_in: int, n_out: int):
-        from .devices import load_device_model
-        from .runloop import build_optimizer
-
-        model = load_device_model(cfg.backend)
-        self.optimizer = build_optimizer(cfg)
-        grapes = cfg.grapes_params()
-        self.cfg = cfg
-        if cfg.model == "mlp":
-            from .credit import make_credit
-            from .learning import Learner
-            from .runloop import build_network
-
-            self.net = build_network(cfg, model, n_in, n_out)
-            credit = make_credit(cfg.credit, self.net,
-                                 torch.Generator().manual_seed(cfg.seed + 104729))
-            self.learner = Learner(self.net, credit, grapes, self.optimizer)
-            self.importance = lambda l: credit.importance(l)
-        else:
-            from .snu import SNULearner, build_snu_network
-
-            self.net = build_snu_network(cfg, model, n_in, n_out)
-            self.learner = SNULearner(self.net, grapes, self.optimizer, cfg.time_steps,
-                                      torch.Generator().manual_seed(cfg.seed + 2718281),
-                                      batch_size=cfg.batch_size)
-            self.importance = lambda l: self.net.layers[l].backend.abs_sums(1)
-
-    def lr(self) -> tuple[float, float]:
-        from .grapes import mean_factor
-
-        lr, _ = self.cfg.resolved_lr()  # --lr, or the optimizer's default
-        if not self.cfg.lr_matched:
-            return lr, 1.0
-        scale = mean_factor([self.importance(l) for l in range(self.net.n_hidden)],
-                            self.cfg.grapes_lower)
-        return lr * scale, scale
-
-    def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        if x.shape[0] == 0:
-            return float("nan")
-        if self.cfg.model == "mlp":
-            pred = self.net.predict(x)
-        else:
-            gen = torch.Generator().manual_seed(self.cfg.seed + 31337)
-            pred = self.net.predict(x, self.cfg.test_time_steps, gen)
-        return float((pred == y).double().mean())
-
-    def finite(self) -> bool:
-        return all(bool(torch.isfinite(layer.backend.read()).all()) for layer in self.net.layers)
-
-
 def run_sequence(cfg, data, n_tasks: int, k_pixels: int, epochs_per_task: int,
                  on_epoch=None) -> dict:
     """Train ``cfg`` (a TrainConfig) on the task sequence; returns the run's record with
-    ``curve`` (one entry per epoch, epoch 0 = before training) and the summary metrics."""
+    ``curve`` (one entry per epoch, epoch 0 = before training) and the summary metrics.
+
+    The network and learner come from the model's builder and each task's epochs run in the
+    one epoch loop every model uses (``runloop.train_loop``: the same divergence check and
+    Ctrl-C handling); after every epoch every task's test set is scored."""
+    from dataclasses import replace
+
+    from .devices import resolve_device_model
+    from .grapes import mean_factor
+    from .runloop import build_optimizer, train_loop
+    from .train import _builder
+
     cfg.check()
     torch.manual_seed(cfg.seed)
     x_tr = torch.from_numpy(np.ascontiguousarray(data.x_train, dtype=np.float32))
@@ -204,50 +161,47 @@ def run_sequence(cfg, data, n_tasks: int, k_pixels: int, epochs_per_task: int,
     perms = [torch.from_numpy(p) for p in make_tasks(n_pixels, n_tasks, k_pixels, cfg.seed)]
     tests = [x_te[:, p] for p in perms]
 
-    m = _Model(cfg, n_pixels, data.n_classes)
-    lr, lr_scale = m.lr()
-    order_gen = torch.Generator().manual_seed(cfg.seed + 15485863)
-    n, bs = x_tr.shape[0], cfg.batch_size
+    optimizer = build_optimizer(cfg)
+    m = _builder(cfg.model)(cfg, resolve_device_model(cfg.backend), data, x_tr, optimizer)
+    (lr, _), lr_scale = cfg.resolved_lr(), 1.0
+    if cfg.lr_matched:
+        lr_scale = mean_factor(m.importances(), cfg.grapes_lower)
+        lr = lr * lr_scale
     curve: list[dict] = []
     status = "ok"
+    none_x, none_y = x_tr[:0], y_tr[:0]
 
-    def record(epoch: int, task: int, loss: float | None, train_acc: float | None, seconds: float):
-        ok = m.finite()
+    def record(epoch: int, task: int, loss: float | None, train_acc: float | None,
+               seconds: float, ok: bool = True) -> None:
         rec = {"epoch": epoch, "task": task, "epoch_in_task": (epoch - 1) % epochs_per_task + 1
                if epoch else 0, "train_loss": loss, "train_acc": train_acc,
-               "acc": [m.accuracy(t, y_te) if ok else None for t in tests],
+               "acc": [m.evaluate(t, y_te) if ok else None for t in tests],
                "seen": [j <= task for j in range(n_tasks)] if epoch else [False] * n_tasks,
                "seconds": seconds}
         curve.append(rec)
         if on_epoch is not None:
             on_epoch(rec)
-        return ok
 
     record(0, -1, None, None, 0.0)
     epoch = 0
     for task in range(n_tasks):
         x_task = x_tr[:, perms[task]]
-        for _ in range(epochs_per_task):
-            epoch += 1
-            t0 = time.perf_counter()
-            perm = torch.randperm(n, generator=order_gen)
-            loss_sum, correct = 0.0, 0
-            for b in range(0, n, bs):
-                idx = perm[b:b + bs]
-                loss, c = m.learner.step(x_task[idx], y_tr[idx], lr)
-                loss_sum += loss
-                correct += c
-            ok = record(epoch, task, loss_sum / n if math.isfinite(loss_sum) else None,
-                        correct / n, time.perf_counter() - t0)
-            if not ok or not math.isfinite(loss_sum):
-                status = "diverged"
-                break
+
+        def after(rec: dict, task: int = task, done: int = epoch) -> None:
+            record(done + rec["epoch"], task, rec["train_loss"], rec["train_acc"],
+                   rec["seconds"], ok=rec["train_loss"] is not None)
+
+        # each task's data order from its own seed (the loop seeds its shuffling by cfg.seed)
+        tcfg = replace(cfg, epochs=epochs_per_task, seed=cfg.seed + 7 * task)
+        epochs, status, _ = train_loop(m.learner, m.net, tcfg, lr, x_task, y_tr, m.evaluate,
+                                       none_x, none_y, none_x, none_y, on_epoch=after)
+        epoch += len(epochs)
         if status != "ok":
             break
 
     out = {"config": to_dict(cfg), "lr_effective": lr, "lr_scale": lr_scale,
            "status": status, "curve": curve,
-           "optimizer_state_bytes": int(m.optimizer.state_bytes())}
+           "optimizer_state_bytes": int(optimizer.state_bytes())}
     out["config"]["layers"] = [int(v) for v in cfg.layers]
     out["config"]["lr"], out["config"]["lr_source"] = cfg.resolved_lr()
     out.update(summarize(curve, n_tasks, epochs_per_task))

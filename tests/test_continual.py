@@ -114,3 +114,27 @@ def test_cli_continual_errors_and_run(tmp_path, capsys):
     assert rc == 0
     s = json.load(open(tmp_path / "o" / "summary.json"))
     assert s["settings"]["k_pixels"] == 24
+
+
+def test_continual_uses_the_shared_epoch_loop_and_keeps_work_on_ctrl_c(monkeypatch):
+    """The task sequence runs in runloop.train_loop: a Ctrl-C in the second task's second
+    epoch ends the run as interrupted, with the finished epochs (and the partial one)."""
+    from grapes_hw import learning
+    from grapes_hw.continual import run_sequence
+
+    step = learning.Learner.step
+    calls = {"n": 0}
+    n_batches = -(-300 // 64)  # the tiny digits training set, batch 64
+
+    def interrupting(self, x, y, lr):
+        calls["n"] += 1
+        if calls["n"] == 3 * n_batches + 2:  # task 1 (the second), its second epoch
+            raise KeyboardInterrupt
+        return step(self, x, y, lr)
+
+    monkeypatch.setattr(learning.Learner, "step", interrupting)
+    r = run_sequence(TrainConfig(dataset="digits", layers=(32,)), _tiny_digits(), n_tasks=3,
+                     k_pixels=20, epochs_per_task=2)
+    assert r["status"] == "interrupted"
+    assert [c["epoch"] for c in r["curve"]] == [0, 1, 2, 3, 4]
+    assert [c["task"] for c in r["curve"]] == [-1, 0, 0, 1, 1]
