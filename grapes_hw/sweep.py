@@ -925,17 +925,12 @@ def run_one(config: dict, key: str, threads: int | None = None) -> dict:
 
 
 def _limit_threads(n: int) -> None:
-    """``n`` threads for torch and for numba's parallel kernels (the fixed-point writes): with
-    several workers per machine, a numba pool sized to all cores in every worker fights the
-    other workers' threads, and spin-waiting pools made fixed-point runs ~10x slower."""
+    """``n`` torch threads per worker: with several workers per machine, pools sized to all
+    cores in every worker fight each other (spin-waiting OpenMP threads made runs several
+    times slower). The numba kernels left (the fixed-point write) are serial."""
     import torch
 
     torch.set_num_threads(n)
-    os.environ["NUMBA_NUM_THREADS"] = str(n)  # read by numba when it is first imported
-    if "numba" in sys.modules:
-        import numba
-
-        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
 
 
 def error_record(key: str, config: dict, text: str, kind: str = "Error",
