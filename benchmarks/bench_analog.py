@@ -33,18 +33,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved, summarize, write_result  # noqa: E402
 
-from grapes_hw.backends.analog import (  # noqa: E402
-    AnalogParams,
-    AnalogTileBackend,
-    _add_pair_baseline,
-    build_rpu_config,
-)
-from grapes_hw.credit import BP  # noqa: E402
-from grapes_hw.data import load_dataset  # noqa: E402
-from grapes_hw.grapes import GrapesParameters  # noqa: E402
-from grapes_hw.learning import Learner  # noqa: E402
-from grapes_hw.network import HWLinear, Network, he_uniform  # noqa: E402
-from grapes_hw.optim import SGD  # noqa: E402
+from grapes_hw.backends.analog.config import AnalogParams, build_rpu_config
+from grapes_hw.backends.analog.tile import AnalogTileBackend, _add_pair_baseline
+from grapes_hw.data.datasets import load_dataset
+from grapes_hw.functional.grapes import GrapesParameters
+from grapes_hw.functional.init import he_uniform
+from grapes_hw.models.mlp import HWLinear, Network
+from grapes_hw.rules.credit import BP
+from grapes_hw.rules.learner import Learner
+from grapes_hw.rules.optim import SGD
 
 SIZES = [784, 256, 256, 256, 10]
 ONE_TILE = {"mapping.max_input_size": 0, "mapping.max_output_size": 0}

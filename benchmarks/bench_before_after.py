@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE))
 from common import interleaved_chunks, summarize, write_result  # noqa: E402
 
 import grapes_hw  # noqa: E402
-from grapes_hw.data import load_dataset  # noqa: E402
+from grapes_hw.data.datasets import load_dataset  # noqa: E402
 
 SIZES = [784, 256, 256, 256, 10]
 BS, LR = 64, 0.05

@@ -28,12 +28,13 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved, summarize, write_result  # noqa: E402
 
-from grapes_hw.cnn import CNNLearner, build_cnn  # noqa: E402
-from grapes_hw.data import load_dataset  # noqa: E402
-from grapes_hw.devices import load_device_model  # noqa: E402
-from grapes_hw.grapes import GrapesParameters  # noqa: E402
-from grapes_hw.optim import SGD  # noqa: E402
-from grapes_hw.train import TrainConfig  # noqa: E402
+from grapes_hw.backends.registry import load_device_model
+from grapes_hw.data.datasets import load_dataset
+from grapes_hw.functional.grapes import GrapesParameters
+from grapes_hw.rules.cnn import CNNLearner
+from grapes_hw.rules.optim import SGD
+from grapes_hw.training.config import TrainConfig
+from grapes_hw.training.train import build_cnn
 
 CONV = "16:5,32:5"
 HEAD = (256, 256, 256)

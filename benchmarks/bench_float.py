@@ -24,13 +24,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved_chunks, summarize, write_result  # noqa: E402
 
-from grapes_hw.credit import BP  # noqa: E402
-from grapes_hw.data import load_dataset  # noqa: E402
-from grapes_hw.devices import load_device_model  # noqa: E402
-from grapes_hw.grapes import GrapesParameters  # noqa: E402
-from grapes_hw.learning import Learner  # noqa: E402
-from grapes_hw.optim import SGD  # noqa: E402
-from grapes_hw.train import TrainConfig, build_network  # noqa: E402
+from grapes_hw.backends.registry import load_device_model
+from grapes_hw.data.datasets import load_dataset
+from grapes_hw.functional.grapes import GrapesParameters
+from grapes_hw.rules.credit import BP
+from grapes_hw.rules.learner import Learner
+from grapes_hw.rules.optim import SGD
+from grapes_hw.training.config import TrainConfig
+from grapes_hw.training.driver import build_network
 
 SIZES = [784, 256, 256, 256, 10]
 

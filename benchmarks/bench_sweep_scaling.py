@@ -37,7 +37,7 @@ ORDER = (1, 2, 2, 1, 1, 2)
 
 
 def study(epochs: int, n_runs: int = N_RUNS):
-    from grapes_hw.sweep import study_from_dict
+    from grapes_hw.studies.spec import study_from_dict
 
     return study_from_dict({
         "study": {"name": "scaling", "seeds": n_runs},
@@ -48,7 +48,8 @@ def study(epochs: int, n_runs: int = N_RUNS):
 
 def timed_sweep(st, workers: int, root: Path) -> tuple[float, float]:
     """Wall seconds of the whole sweep, and the summed seconds of its runs (in the workers)."""
-    from grapes_hw.sweep import RUNS_FILE, run_sweep
+    from grapes_hw.studies.store import RUNS_FILE
+    from grapes_hw.studies.sweep import run_sweep
 
     out = root / f"w{workers}-{time.monotonic_ns()}"
     t0 = time.perf_counter()

@@ -28,7 +28,7 @@ from aihwkit.optim import AnalogSGD
 from aihwkit.simulator.presets import EcRamPreset
 from torch import nn
 
-from grapes_hw.data import load_dataset
+from grapes_hw.data.datasets import load_dataset
 from grapes_hw.torch import GRAPES
 
 

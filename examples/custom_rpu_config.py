@@ -25,7 +25,8 @@ import os
 from aihwkit.simulator.configs import SingleRPUConfig
 from aihwkit.simulator.configs.devices import SoftBoundsDevice
 
-from grapes_hw import TrainConfig, run
+from grapes_hw.training.config import TrainConfig
+from grapes_hw.training.train import run
 
 
 def my_device() -> SingleRPUConfig:

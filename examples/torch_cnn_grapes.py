@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from grapes_hw.data import load_dataset
+from grapes_hw.data.datasets import load_dataset
 from grapes_hw.torch import GRAPES
 
 

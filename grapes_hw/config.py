@@ -19,7 +19,7 @@ import typing
 from collections.abc import Iterable
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from .errors import ConfigError
+from grapes_hw.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -22,7 +22,7 @@ Definitions (``../docs/torch_api.md``; the spec is ``shared/GRAPES.md``):
   ``n`` of the ``(C_out, C_in/groups * kH * kW)`` matrix. Analog layers are read as the tile
   holds them (``layer.get_weights()``: the conductances mapped to weights, digital output
   scales applied). ``m = clip(2 i / max_n i_n, lower, 2)``, optionally held at ``bits`` bits
-  (``grapes_hw.grapes.modulation_factor``). Biases do not enter the importance.
+  (``grapes_hw.functional.grapes.modulation_factor``). Biases do not enter the importance.
 * ``m`` is computed in a forward pre-hook of each layer, i.e. from the weights this forward
   pass uses (before the optimizer step that follows its backward pass). Nothing is carried
   from one step to the next.
@@ -54,8 +54,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from .errors import ConfigError
-from .grapes import modulation_factor
+from grapes_hw.errors import ConfigError
+from grapes_hw.functional.grapes import modulation_factor
 
 MODES = ("propagating", "local")
 

@@ -14,7 +14,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
 from grapes_hw.backends.float_backend import FloatBackend, FloatParams  # noqa: E402
-from grapes_hw.network import HWLinear, Network  # noqa: E402
+from grapes_hw.models.mlp import HWLinear, Network  # noqa: E402
 
 
 def make_net(weights: list[torch.Tensor], activation: str = "relu", bias: bool = False,
@@ -36,7 +36,7 @@ def small_weights() -> list[torch.Tensor]:
 
 def _fashion_mnist_missing() -> str:
     """Why the Fashion-MNIST files cannot be used here ("" when they can)."""
-    from grapes_hw.data import find_dataset_dir
+    from grapes_hw.data.sources import find_dataset_dir
     from grapes_hw.errors import DataError
 
     try:

@@ -21,19 +21,17 @@ import torch
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("aihwkit") is None,
                                 reason="aihwkit is not installed")
 
-from grapes_hw.backends.analog import (  # noqa: E402
-    AnalogParams,
-    AnalogTileBackend,
-    build_rpu_config,
-)
-from grapes_hw.credit import BP  # noqa: E402
-from grapes_hw.devices import load_device_model  # noqa: E402
+from grapes_hw.backends.analog.config import AnalogParams, build_rpu_config  # noqa: E402
+from grapes_hw.backends.analog.tile import AnalogTileBackend  # noqa: E402
+from grapes_hw.backends.registry import load_device_model  # noqa: E402
 from grapes_hw.errors import BackendUnavailable, ConfigError  # noqa: E402
-from grapes_hw.grapes import GrapesParameters  # noqa: E402
-from grapes_hw.learning import Learner  # noqa: E402
-from grapes_hw.network import HWLinear, Network  # noqa: E402
-from grapes_hw.optim import SGD  # noqa: E402
-from grapes_hw.train import TrainConfig, run  # noqa: E402
+from grapes_hw.functional.grapes import GrapesParameters  # noqa: E402
+from grapes_hw.models.mlp import HWLinear, Network  # noqa: E402
+from grapes_hw.rules.credit import BP  # noqa: E402
+from grapes_hw.rules.learner import Learner  # noqa: E402
+from grapes_hw.rules.optim import SGD  # noqa: E402
+from grapes_hw.training.config import TrainConfig  # noqa: E402
+from grapes_hw.training.train import run  # noqa: E402
 
 # Device-to-device and cycle-to-cycle variation off (IdealizedPreset keeps its IO).
 NO_DEVICE_NOISE = {"device.dw_min_dtod": 0.0, "device.dw_min_std": 0.0,
@@ -279,10 +277,10 @@ def test_drift_lowers_accuracy_and_compensation_recovers(monkeypatch):
     # accuracy drops; global drift compensation rescales each tile's outputs back. Measured
     # over 10 seeds (digits, 3x32, momentum lr 0.01, 10 epochs, 8 programmings per point):
     # acc(1 s) - acc(1 y, no comp) >= 0.16, acc(1 y, comp) - acc(1 y, no comp) >= 0.09.
-    import grapes_hw.backends.analog as analog
+    import grapes_hw.training.drift as drift
 
-    monkeypatch.setattr(analog, "drift_evaluation",
-                        functools.partial(analog.drift_evaluation,
+    monkeypatch.setattr(drift, "drift_evaluation",
+                        functools.partial(drift.drift_evaluation,
                                           times=(1.0, 3600.0 * 24 * 365), repeats=8))
     r = run(TrainConfig(dataset="digits", layers=(32, 32, 32), backend="pcm-inference",
                         optimizer="momentum", lr=0.01, epochs=10, bias=True, seed=0,
@@ -351,7 +349,7 @@ def test_without_aihwkit_backend_raises_with_install_hint(monkeypatch):
 
 
 def test_without_aihwkit_cli_exits_2(monkeypatch, capsys):
-    from grapes_hw.cli import main
+    from grapes_hw.cli.main import main
 
     _hide_aihwkit(monkeypatch)
     rc = main(["train", "--dataset", "digits", "--layers", "8", "--epochs", "1",
@@ -367,8 +365,8 @@ def test_pcm_insitu_mvms_are_close_to_the_matmul_of_the_stored_weights():
     """On the pcm-insitu settings (7-bit DAC, 9-bit ADC, 10% output noise, noise and bound
     management), forward and backward are within a relative error of x W^T and delta W, but
     measurably not equal to them (the IO model is applied)."""
-    from grapes_hw.devices import make_backend
-    from grapes_hw.network import he_uniform
+    from grapes_hw.backends.registry import make_backend
+    from grapes_hw.functional.init import he_uniform
 
     shape = (256, 784)
     b = make_backend(load_device_model("pcm-insitu"), shape, seed=1)
@@ -387,7 +385,7 @@ def test_grapes_mvm_read_and_ideal_read():
     of a noisy estimate are biased up, by ~27% here, but track the stored row sums closely,
     and the factor's normalisation by the maximum cancels the bias); ideal_read uses the
     stored weights exactly; the learner's factors follow whichever the rule asks for."""
-    from grapes_hw.grapes import modulation_factor
+    from grapes_hw.functional.grapes import modulation_factor
 
     w, _, _ = _data(n_out=16, n_in=24)
     b = _backend("PCMPreset", shape=(16, 24), read="mvm",

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from grapes_hw.backends.base import Abilities, WeightBackend
-from grapes_hw.devices import list_models, load_device_model, make_backend
+from grapes_hw.backends.registry import list_models, load_device_model, make_backend
 
 HAVE_AIHWKIT = importlib.util.find_spec("aihwkit") is not None
 MODELS = [p.stem for p in list_models()]
@@ -50,10 +50,10 @@ def test_backend_protocol_and_declared_abilities(name):
 
 def test_drift_evaluation_refuses_backends_without_drift():
     from grapes_hw.errors import ConfigError
-    from grapes_hw.network import HWLinear, Network
+    from grapes_hw.models.mlp import HWLinear, Network
 
     pytest.importorskip("aihwkit")
-    from grapes_hw.backends.analog import drift_evaluation
+    from grapes_hw.training.drift import drift_evaluation
 
     model = load_device_model("pcm-insitu")
     net = Network([HWLinear(make_backend(model, (4, 6), seed=0))])

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from grapes_hw.cli import main
+from grapes_hw.cli.main import main
 
 
 def run_cli(*args, cwd=None):
@@ -107,7 +107,7 @@ def all_commands() -> list[str]:
     """Every subcommand the parser offers (extensions added later included)."""
     import argparse
 
-    from grapes_hw.cli import build_parser
+    from grapes_hw.cli.main import build_parser
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     return list(sub.choices)
@@ -154,7 +154,7 @@ def test_every_option_of_every_command_states_its_default():
     """Each option taking a value says its default (flags have none to state)."""
     import argparse
 
-    from grapes_hw.cli import build_parser
+    from grapes_hw.cli.main import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -301,7 +301,7 @@ def test_data_dir_with_digits_is_refused(capsys, tmp_path):
 def test_library_errors_name_fields_and_the_cli_maps_them_to_flags(capsys):
     """TrainConfig names the Python field; `grapes-hw train` says the option."""
     from grapes_hw.errors import ConfigError
-    from grapes_hw.train import TrainConfig
+    from grapes_hw.training.config import TrainConfig
 
     with pytest.raises(ConfigError) as e:
         TrainConfig(grapes_lower=3.0).check()

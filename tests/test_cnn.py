@@ -1,4 +1,4 @@
-"""Convolutional networks on weight backends (grapes_hw.cnn): HWConv2d against torch's conv2d
+"""Convolutional networks on weight backends (grapes_hw.models.cnn): HWConv2d against torch's conv2d
 and autograd, CNN trajectories against torch.optim, GRAPES per filter, fixed point, analog
 tiles, the CLI, the config checks and the study's quick variant."""
 
@@ -16,21 +16,15 @@ import torch.nn.functional as F
 
 from grapes_hw.backends.fixed_point import FixedParams, FixedPointBackend
 from grapes_hw.backends.float_backend import FloatBackend, FloatParams
-from grapes_hw.cli import main
-from grapes_hw.cnn import (
-    CNNLearner,
-    ConvNet,
-    HWConv2d,
-    Pool2d,
-    build_cnn,
-    exact_mvm,
-    parse_conv,
-)
+from grapes_hw.cli.main import main
 from grapes_hw.errors import ConfigError
-from grapes_hw.grapes import GrapesParameters
-from grapes_hw.network import HWLinear
-from grapes_hw.optim import SGD, make_optimizer
-from grapes_hw.train import TrainConfig, run
+from grapes_hw.functional.grapes import GrapesParameters
+from grapes_hw.models.cnn import ConvNet, HWConv2d, Pool2d, exact_mvm, parse_conv
+from grapes_hw.models.mlp import HWLinear
+from grapes_hw.rules.cnn import CNNLearner
+from grapes_hw.rules.optim import SGD, make_optimizer
+from grapes_hw.training.config import TrainConfig
+from grapes_hw.training.train import build_cnn, run
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_aihwkit = pytest.mark.skipif(importlib.util.find_spec("aihwkit") is None,
@@ -128,7 +122,7 @@ def test_patch_path_is_one_mvm_per_patch_and_one_rank_update():
 
 
 def test_exact_mvm_selects_the_backends_whose_mvm_is_a_plain_product():
-    from grapes_hw.noise import NoiseParams, wrap_with_noise
+    from grapes_hw.backends.noise import NoiseParams, wrap_with_noise
 
     f = FloatBackend((2, 3))
     assert exact_mvm(f)
@@ -281,7 +275,7 @@ def test_grapes_filter_factors_scale_every_position_and_compound(exact):
         net = _grapes_net(exact)
         learner = CNNLearner(net, GrapesParameters(mode=mode), SGD())
         logits = net.forward(x, train=True, cache=learner.cache)
-        from grapes_hw.learning import softmax_error
+        from grapes_hw.functional.loss import softmax_error
 
         e, _, _ = softmax_error(logits, y)
         m = learner.factors()
@@ -473,7 +467,7 @@ def test_config_errors_name_the_field():
 
 
 def test_new_field_leaves_existing_run_keys_alone():
-    from grapes_hw.sweep import key_fields
+    from grapes_hw.studies.keys import key_fields
 
     assert "conv" not in key_fields(TrainConfig())
     assert "conv" not in key_fields(TrainConfig(model="cnn"))
@@ -504,7 +498,8 @@ def test_cnn_study_quick_variant_runs(tmp_path):
     import subprocess
     import sys
 
-    from grapes_hw.sweep import load_study, read_runs
+    from grapes_hw.studies.spec import load_study
+    from grapes_hw.studies.store import read_runs
 
     study = ROOT / "studies" / "cnn.toml"
     full = load_study(study, check_backends=False)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from grapes_hw.cli import main
-from grapes_hw.metrics import plateau
+from grapes_hw.cli.main import main
+from grapes_hw.training.metrics import plateau
 
 
 def result(lr: float, backend: str, kind: str, curve: list[float], **kw) -> dict:
@@ -107,7 +107,7 @@ def test_compare_module_imports_nothing_heavy():
     import subprocess
     import sys
 
-    code = ("import sys, grapes_hw.compare\n"
+    code = ("import sys, grapes_hw.studies.compare\n"
             "print(sorted(m for m in ('torch', 'matplotlib', 'numpy', 'scipy') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

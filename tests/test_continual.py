@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from grapes_hw.cli import main
-from grapes_hw.continual import (
+from grapes_hw.cli.main import main
+from grapes_hw.data.datasets import Dataset
+from grapes_hw.errors import ConfigError
+from grapes_hw.training.config import TrainConfig
+from grapes_hw.training.continual import (
     ContinualConfig,
     make_tasks,
     run_continual,
@@ -17,9 +20,6 @@ from grapes_hw.continual import (
     summarize,
     task_permutation,
 )
-from grapes_hw.data import Dataset
-from grapes_hw.errors import ConfigError
-from grapes_hw.train import TrainConfig
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -71,7 +71,7 @@ def test_summarize_metrics():
 
 
 def _tiny_digits(n_train=300):
-    from grapes_hw.data import load_dataset
+    from grapes_hw.data.datasets import load_dataset
 
     d = load_dataset("digits", train_subset=n_train, seed=0)
     return Dataset(name=d.name, x_train=d.x_train, y_train=d.y_train, x_test=d.x_test[:200],
@@ -119,8 +119,8 @@ def test_cli_continual_errors_and_run(tmp_path, capsys):
 def test_continual_uses_the_shared_epoch_loop_and_keeps_work_on_ctrl_c(monkeypatch):
     """The task sequence runs in runloop.train_loop: a Ctrl-C in the second task's second
     epoch ends the run as interrupted, with the finished epochs (and the partial one)."""
-    from grapes_hw import learning
-    from grapes_hw.continual import run_sequence
+    from grapes_hw.rules import learner as learning
+    from grapes_hw.training.continual import run_sequence
 
     step = learning.Learner.step
     calls = {"n": 0}

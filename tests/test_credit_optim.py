@@ -6,12 +6,13 @@ import pytest
 import torch
 from conftest import make_net
 
-from grapes_hw.credit import BP, DFA, FA, make_credit
-from grapes_hw.grapes import GrapesParameters, modulation_factor
-from grapes_hw.learning import Learner, softmax_error
-from grapes_hw.network import ForwardCache
-from grapes_hw.optim import SGD, Adam, RMSprop, make_optimizer
-from grapes_hw.optim import _make_adaptive as make
+from grapes_hw.functional.grapes import GrapesParameters, modulation_factor
+from grapes_hw.functional.loss import softmax_error
+from grapes_hw.models.mlp import ForwardCache
+from grapes_hw.rules.credit import BP, DFA, FA, make_credit
+from grapes_hw.rules.learner import Learner
+from grapes_hw.rules.optim import SGD, Adam, RMSprop, make_optimizer
+from grapes_hw.rules.optim import _make_adaptive as make
 
 
 def _deltas(learner, x, y):
@@ -226,7 +227,7 @@ def test_adaptive_state_bytes():
 def test_velocity_bytes_follow_the_dtype(dtype, size):
     """Momentum's velocity costs its dtype's size per weight (8 bytes in float64), and
     ``state_bits`` when a digital format holds it."""
-    from grapes_hw.optim import Momentum
+    from grapes_hw.rules.optim import Momentum
 
     shapes = [(7, 5), (4, 7)]
     ws = [torch.randn(s, dtype=dtype) for s in shapes]

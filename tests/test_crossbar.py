@@ -17,16 +17,13 @@ import torch
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("aihwkit") is None,
                                 reason="aihwkit is not installed")
 
-from grapes_hw.backends.analog import (  # noqa: E402
-    AnalogParams,
-    AnalogTileBackend,
-    SplitAnalogBackend,
-    build_rpu_config,
-    make_analog,
-)
-from grapes_hw.devices import load_device_model  # noqa: E402
+from grapes_hw.backends.analog.array import SplitAnalogBackend, make_analog  # noqa: E402
+from grapes_hw.backends.analog.config import AnalogParams, build_rpu_config  # noqa: E402
+from grapes_hw.backends.analog.tile import AnalogTileBackend  # noqa: E402
+from grapes_hw.backends.registry import load_device_model  # noqa: E402
 from grapes_hw.errors import ConfigError  # noqa: E402
-from grapes_hw.train import TrainConfig, run  # noqa: E402
+from grapes_hw.training.config import TrainConfig  # noqa: E402
+from grapes_hw.training.train import run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FP = "FloatingPointRPUConfig"
@@ -130,7 +127,7 @@ def test_each_array_quantizes_its_own_partial_sum():
 def test_training_on_split_noisy_arrays_learns_digits(tmp_path, monkeypatch):
     # pcm-insitu-tile128 with arrays of 16 x 16: digits' 64 inputs -> 32 hidden -> 10 is
     # 2 x 4 arrays in the first layer and 1 x 2 in the second.
-    import grapes_hw.backends.analog as analog
+    import grapes_hw.backends.analog.array as analog
 
     text = (ROOT / "device_models" / "pcm-insitu-tile128.toml").read_text()
     assert "tile_size = 128" in text

@@ -1,4 +1,4 @@
-"""Tests of grapes_hw.data: IDX parsing, checksums, search order, downloads and splits.
+"""Tests of grapes_hw.data.datasets: IDX parsing, checksums, search order, downloads and splits.
 
 The real MNIST test set is read from the shared data folder next to the repository; the full
 Fashion-MNIST comes from Debian's ``dataset-fashion-mnist`` package. The network is never used:
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from conftest import needs_fashion_mnist
 
-from grapes_hw import data
+from grapes_hw.data import datasets, sources
 from grapes_hw.errors import ConfigError, DataError
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
@@ -88,7 +88,7 @@ def test_mnist_test_files_match_shared_sha256sums_and_table():
     assert set(listed) == {T10K_IMAGES, T10K_LABELS}
     for name, digest in listed.items():
         assert sha256(SHARED_MNIST / name) == digest
-        (variant,) = data.CHECKSUMS["mnist"][name]
+        (variant,) = sources.CHECKSUMS["mnist"][name]
         assert variant.sha256 == digest
         assert variant.size == (SHARED_MNIST / name).stat().st_size
         assert variant.md5 == hashlib.md5((SHARED_MNIST / name).read_bytes()).hexdigest()
@@ -96,8 +96,8 @@ def test_mnist_test_files_match_shared_sha256sums_and_table():
 
 @needs_mnist
 def test_load_idx_real_mnist_test_set():
-    images = data.load_idx(SHARED_MNIST / T10K_IMAGES, dataset="mnist")
-    labels = data.load_idx(SHARED_MNIST / T10K_LABELS, dataset="mnist")
+    images = sources.load_idx(SHARED_MNIST / T10K_IMAGES, dataset="mnist")
+    labels = sources.load_idx(SHARED_MNIST / T10K_LABELS, dataset="mnist")
     assert images.shape == (10000, 28, 28) and images.dtype == np.uint8
     assert labels.shape == (10000,) and labels.dtype == np.uint8
     assert np.bincount(labels, minlength=10).tolist() == MNIST_TEST_COUNTS
@@ -111,9 +111,9 @@ def test_load_idx_real_mnist_test_set():
 
 @needs_mnist
 def test_load_idx_returns_independent_arrays():
-    a = data.load_idx(SHARED_MNIST / T10K_LABELS)
+    a = sources.load_idx(SHARED_MNIST / T10K_LABELS)
     a[:] = 0
-    b = data.load_idx(SHARED_MNIST / T10K_LABELS)
+    b = sources.load_idx(SHARED_MNIST / T10K_LABELS)
     assert np.bincount(b, minlength=10).tolist() == MNIST_TEST_COUNTS
 
 
@@ -123,30 +123,30 @@ def test_truncated_file_raises(tmp_path):
     bad = tmp_path / T10K_IMAGES
     bad.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(DataError, match="truncated") as e:
-        data.load_idx(bad, dataset="mnist")
+        sources.load_idx(bad, dataset="mnist")
     assert str(bad) in str(e.value) and str(len(raw)) in str(e.value)
     # Without the checksum the gzip stream itself is found to end early.
     with pytest.raises(DataError, match="truncated"):
-        data.load_idx(bad, verify=False)
+        sources.load_idx(bad, verify=False)
 
 
 def test_truncated_uncompressed_idx_raises(tmp_path):
     header = bytes([0, 0, 0x08, 3]) + np.array([5, 2, 2], ">u4").tobytes()
     good = tmp_path / "good.idx"
     good.write_bytes(header + bytes(range(20)))
-    assert data.load_idx(good).tolist() == np.arange(20).reshape(5, 2, 2).tolist()
+    assert sources.load_idx(good).tolist() == np.arange(20).reshape(5, 2, 2).tolist()
     short = tmp_path / "short.idx"
     short.write_bytes(header + bytes(19))
     with pytest.raises(DataError, match=r"truncated.*\(5, 2, 2\)"):
-        data.load_idx(short)
+        sources.load_idx(short)
     long = tmp_path / "long.idx"
     long.write_bytes(header + bytes(21))
     with pytest.raises(DataError, match="wrong size"):
-        data.load_idx(long)
+        sources.load_idx(long)
     notidx = tmp_path / "x.idx"
     notidx.write_bytes(b"PK\x03\x04" + bytes(10))
     with pytest.raises(DataError, match="not an IDX file"):
-        data.load_idx(notidx)
+        sources.load_idx(notidx)
 
 
 def test_big_endian_idx_types_are_decoded(tmp_path):
@@ -154,7 +154,7 @@ def test_big_endian_idx_types_are_decoded(tmp_path):
     p = tmp_path / "f.idx.gz"
     p.write_bytes(gzip.compress(bytes([0, 0, 0x0D, 2]) + np.array([2, 2], ">u4").tobytes()
                                 + values.tobytes()))
-    out = data.load_idx(p)
+    out = sources.load_idx(p)
     assert out.dtype == np.float32 and out.dtype.isnative
     assert out.tolist() == values.astype(np.float32).tolist()
 
@@ -166,10 +166,10 @@ def test_flipped_byte_fails_checksum(tmp_path):
     bad = tmp_path / T10K_LABELS
     bad.write_bytes(bytes(raw))
     with pytest.raises(DataError, match="checksum") as e:
-        data.load_idx(bad, dataset="mnist")
+        sources.load_idx(bad, dataset="mnist")
     msg = str(e.value)
     assert str(bad) in msg
-    assert data.CHECKSUMS["mnist"][T10K_LABELS][0].sha256 in msg  # expected
+    assert sources.CHECKSUMS["mnist"][T10K_LABELS][0].sha256 in msg  # expected
     assert hashlib.sha256(bytes(raw)).hexdigest() in msg  # got
 
 
@@ -181,9 +181,9 @@ def test_recompressed_copy_fails_checksum(tmp_path):
     bad = tmp_path / T10K_LABELS
     bad.write_bytes(other)
     with pytest.raises(DataError) as e:
-        data.load_idx(bad)
+        sources.load_idx(bad)
     assert hashlib.sha256(other).hexdigest() in str(e.value)
-    assert data.load_idx(bad, verify=False).shape == (10000,)  # it is a valid IDX file
+    assert sources.load_idx(bad, verify=False).shape == (10000,)  # it is a valid IDX file
 
 
 # --------------------------------------------------------------------------- search order
@@ -192,38 +192,38 @@ def test_recompressed_copy_fails_checksum(tmp_path):
 def make_dataset_dir(path: Path, files: tuple[str, ...] | list[str] | None = None) -> Path:
     """A folder with empty files of the given names (default: all four)."""
     path.mkdir(parents=True, exist_ok=True)
-    for f in data.IDX_FILES.values() if files is None else files:
+    for f in sources.IDX_FILES.values() if files is None else files:
         (path / f).write_bytes(b"")
     return path
 
 
 def test_search_order(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", (tmp_path / "sys",))
+    monkeypatch.setattr(sources, "SYSTEM_DATA_DIRS", (tmp_path / "sys",))
     monkeypatch.setenv("GRAPES_HW_DATA", str(tmp_path / "env"))
     system = make_dataset_dir(tmp_path / "sys" / "mnist")
-    assert data.find_dataset_dir("mnist") == system
+    assert sources.find_dataset_dir("mnist") == system
     cache = make_dataset_dir(tmp_path / "cache" / "mnist")
-    assert data.find_dataset_dir("mnist") == cache
+    assert sources.find_dataset_dir("mnist") == cache
     env = make_dataset_dir(tmp_path / "env" / "mnist")
-    assert data.find_dataset_dir("mnist") == env
+    assert sources.find_dataset_dir("mnist") == env
     parent = tmp_path / "parent"
     inside = make_dataset_dir(parent / "mnist")
-    assert data.find_dataset_dir("mnist", data_dir=parent) == inside
-    assert data.find_dataset_dir("mnist", data_dir=str(inside)) == inside
+    assert sources.find_dataset_dir("mnist", data_dir=parent) == inside
+    assert sources.find_dataset_dir("mnist", data_dir=str(inside)) == inside
     tv = make_dataset_dir(tmp_path / "tv" / "FashionMNIST" / "raw")
-    assert data.find_dataset_dir("fashion-mnist", data_dir=tmp_path / "tv") == tv
+    assert sources.find_dataset_dir("fashion-mnist", data_dir=tmp_path / "tv") == tv
 
 
 def test_incomplete_data_dir_is_refused_not_replaced(tmp_path, monkeypatch):
     """A --data-dir lacking files stops with the missing files named, although complete
     copies exist in $GRAPES_HW_DATA, the cache and the system folder."""
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", (tmp_path / "sys",))
+    monkeypatch.setattr(sources, "SYSTEM_DATA_DIRS", (tmp_path / "sys",))
     monkeypatch.setenv("GRAPES_HW_DATA", str(tmp_path / "env"))
     for where in ("env", "cache", "sys"):
         make_dataset_dir(tmp_path / where / "mnist")
     partial = make_dataset_dir(tmp_path / "partial", [T10K_IMAGES, T10K_LABELS])
     with pytest.raises(DataError) as e:
-        data.find_dataset_dir("mnist", data_dir=partial)
+        sources.find_dataset_dir("mnist", data_dir=partial)
     msg = str(e.value)
     assert f"--data-dir {partial}" in msg
     assert f"missing {partial / TRAIN_IMAGES}, {partial / 'train-labels-idx1-ubyte.gz'}" in msg
@@ -232,7 +232,7 @@ def test_incomplete_data_dir_is_refused_not_replaced(tmp_path, monkeypatch):
     cached = files_under(tmp_path / "cache")
     for download in (True, False):  # nothing downloaded either (urlopen would fail the test)
         with pytest.raises(DataError, match="incomplete"):
-            data.load_dataset("mnist", data_dir=partial, download=download)
+            datasets.load_dataset("mnist", data_dir=partial, download=download)
     assert files_under(tmp_path / "cache") == cached
 
 
@@ -242,35 +242,35 @@ def test_data_dir_without_the_files_or_missing_is_refused(tmp_path, monkeypatch)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(DataError) as e:
-        data.find_dataset_dir("mnist", data_dir=empty)
+        sources.find_dataset_dir("mnist", data_dir=empty)
     msg = str(e.value)
     assert "no mnist files there" in msg
     for place in (empty, empty / "mnist", empty / "MNIST" / "raw"):
         assert str(place) in msg
     with pytest.raises(DataError, match="no such directory") as e:
-        data.load_dataset("mnist", data_dir=tmp_path / "nope")
+        datasets.load_dataset("mnist", data_dir=tmp_path / "nope")
     assert str(tmp_path / "nope") in str(e.value)
 
 
 def test_damaged_file_in_data_dir_is_named_not_replaced(tmp_path, monkeypatch):
     """Four files present, one a corrupt gzip: the error names it; a good copy elsewhere
     (the system folder) is not used instead."""
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", (DEBIAN_FASHION.parent,))
+    monkeypatch.setattr(sources, "SYSTEM_DATA_DIRS", (DEBIAN_FASHION.parent,))
     d = make_dataset_dir(tmp_path / "fm")
     (d / TRAIN_IMAGES).write_bytes(gzip.compress(b"\0" * 4000)[:60])  # truncated gzip
     with pytest.raises(DataError) as e:
-        data.load_dataset("fashion-mnist", data_dir=d)
+        datasets.load_dataset("fashion-mnist", data_dir=d)
     msg = str(e.value)
     assert f"--data-dir {d}" in msg and str(d / TRAIN_IMAGES) in msg
     assert "truncated" in msg
 
 
 def test_missing_dataset_lists_every_place(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", (tmp_path / "sys",))
+    monkeypatch.setattr(sources, "SYSTEM_DATA_DIRS", (tmp_path / "sys",))
     monkeypatch.setenv("GRAPES_HW_DATA", str(tmp_path / "env"))
     partial = make_dataset_dir(tmp_path / "env" / "mnist", [T10K_IMAGES, T10K_LABELS])
     with pytest.raises(DataError) as e:
-        data.find_dataset_dir("mnist")
+        sources.find_dataset_dir("mnist")
     msg = str(e.value)
     for place in (partial, tmp_path / "cache" / "mnist", tmp_path / "sys" / "mnist"):
         assert str(place) in msg
@@ -278,7 +278,7 @@ def test_missing_dataset_lists_every_place(tmp_path, monkeypatch):
     assert "--data-dir" in msg
 
     with pytest.raises(DataError, match="downloading is disabled") as e:
-        data.load_dataset("mnist", download=False)
+        datasets.load_dataset("mnist", download=False)
     assert str(tmp_path / "sys" / "mnist") in str(e.value)
     assert files_under(tmp_path / "cache") == []
 
@@ -290,21 +290,21 @@ def test_missing_dataset_lists_every_place(tmp_path, monkeypatch):
 def test_download_writes_verified_file_into_cache(tmp_path, monkeypatch):
     body = (SHARED_MNIST / T10K_IMAGES).read_bytes()
     calls = serve(monkeypatch, lambda url: body)
-    path = data.download_file("mnist", T10K_IMAGES, progress=False)
+    path = sources.download_file("mnist", T10K_IMAGES, progress=False)
     assert path == tmp_path / "cache" / "mnist" / T10K_IMAGES
     assert path.read_bytes() == body
     assert files_under(tmp_path / "cache") == [path]  # no temp file left
-    assert calls == [data.MIRRORS["mnist"][0] + T10K_IMAGES]
-    assert data.load_idx(path, dataset="mnist").shape == (10000, 28, 28)
+    assert calls == [sources.MIRRORS["mnist"][0] + T10K_IMAGES]
+    assert sources.load_idx(path, dataset="mnist").shape == (10000, 28, 28)
 
 
 @needs_mnist
 def test_download_falls_back_to_second_mirror(tmp_path, monkeypatch):
     body = (SHARED_MNIST / T10K_LABELS).read_bytes()
-    first, second = data.MIRRORS["mnist"]
+    first, second = sources.MIRRORS["mnist"]
     calls = serve(monkeypatch, lambda url: urllib.error.URLError("refused")
                   if url.startswith(first) else body)
-    path = data.download_file("mnist", T10K_LABELS, progress=False)
+    path = sources.download_file("mnist", T10K_LABELS, progress=False)
     assert calls == [first + T10K_LABELS, second + T10K_LABELS]
     assert path.read_bytes() == body
 
@@ -313,38 +313,38 @@ def test_download_with_wrong_bytes_leaves_nothing(tmp_path, monkeypatch):
     body = gzip.compress(b"not mnist" * 100)
     calls = serve(monkeypatch, lambda url: body)
     with pytest.raises(DataError) as e:
-        data.download_file("mnist", T10K_LABELS, progress=False)
+        sources.download_file("mnist", T10K_LABELS, progress=False)
     msg = str(e.value)
     assert T10K_LABELS in msg
     assert hashlib.sha256(body).hexdigest() in msg
-    assert data.CHECKSUMS["mnist"][T10K_LABELS][0].sha256 in msg
-    assert len(calls) == len(data.MIRRORS["mnist"])
+    assert sources.CHECKSUMS["mnist"][T10K_LABELS][0].sha256 in msg
+    assert len(calls) == len(sources.MIRRORS["mnist"])
     assert not (tmp_path / "cache" / "mnist").exists()  # no file, no empty folder
 
 
 def test_network_failure_gives_data_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", (tmp_path / "sys",))
+    monkeypatch.setattr(sources, "SYSTEM_DATA_DIRS", (tmp_path / "sys",))
     calls = serve(monkeypatch, lambda url: urllib.error.URLError("Name or service not known"))
     with pytest.raises(DataError) as e:
-        data.load_dataset("mnist", progress=False)
+        datasets.load_dataset("mnist", progress=False)
     msg = str(e.value)
     assert "Name or service not known" in msg
     assert str(tmp_path / "cache" / "mnist") in msg and str(tmp_path / "sys" / "mnist") in msg
     assert "--data-dir" in msg and TRAIN_IMAGES in msg
-    assert calls == [m + TRAIN_IMAGES for m in data.MIRRORS["mnist"]]  # stops at first file
+    assert calls == [m + TRAIN_IMAGES for m in sources.MIRRORS["mnist"]]  # stops at first file
     assert files_under(tmp_path / "cache") == []
 
 
 @needs_mnist
 def test_download_fetches_only_missing_files(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", ())
+    monkeypatch.setattr(sources, "SYSTEM_DATA_DIRS", ())
     cache = tmp_path / "cache" / "mnist"
     cache.mkdir(parents=True)
     for f in (T10K_IMAGES, T10K_LABELS):
         shutil.copy(SHARED_MNIST / f, cache / f)
     calls = serve(monkeypatch, lambda url: TimeoutError("timed out"))
     with pytest.raises(DataError, match="timed out"):
-        data.load_dataset("mnist", progress=False)
+        datasets.load_dataset("mnist", progress=False)
     assert all(T10K_IMAGES not in c and T10K_LABELS not in c for c in calls)
     assert sorted(p.name for p in files_under(cache)) == sorted([T10K_IMAGES, T10K_LABELS])
 
@@ -353,12 +353,12 @@ def test_download_fetches_only_missing_files(tmp_path, monkeypatch):
                     reason=f"needs Debian's dataset-fashion-mnist in {DEBIAN_FASHION}")
 def test_fashion_mnist_end_to_end_download(tmp_path, monkeypatch):
     """Serve the (checksum-listed) Debian files over a fake network; load from the cache."""
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", ())
+    monkeypatch.setattr(sources, "SYSTEM_DATA_DIRS", ())
     calls = serve(monkeypatch, lambda url: (DEBIAN_FASHION / url.rsplit("/", 1)[1]).read_bytes())
-    ds = data.load_dataset("fashion-mnist", train_subset=100, progress=False)
+    ds = datasets.load_dataset("fashion-mnist", train_subset=100, progress=False)
     assert ds.source == str(tmp_path / "cache" / "fashion-mnist")
     assert len(calls) == 4 and ds.x_train.shape == (100, 784) and ds.x_test.shape == (10000, 784)
-    data.load_dataset("fashion-mnist", train_subset=100, progress=False)
+    datasets.load_dataset("fashion-mnist", train_subset=100, progress=False)
     assert len(calls) == 4  # found in the cache the second time
 
 
@@ -366,7 +366,7 @@ def test_fashion_mnist_end_to_end_download(tmp_path, monkeypatch):
 
 
 def test_digits_shapes_and_values():
-    ds = data.load_dataset("digits")
+    ds = datasets.load_dataset("digits")
     assert ds.source == "sklearn" and ds.image_shape == (8, 8) and ds.n_classes == 10
     assert ds.x_train.shape == (1347, 64) and ds.x_test.shape == (450, 64)
     assert ds.x_val.shape == (0, 64) and ds.y_val.shape == (0,)
@@ -384,9 +384,9 @@ def test_digits_test_split_is_fixed():
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    a = data.load_dataset("digits", seed=0)
-    data._digits_arrays.cache_clear()  # the split must not come from the in-process cache
-    b = data.load_dataset("digits", seed=123, train_subset=200, val_fraction=0.25)
+    a = datasets.load_dataset("digits", seed=0)
+    datasets._digits_arrays.cache_clear()  # the split must not come from the in-process cache
+    b = datasets.load_dataset("digits", seed=123, train_subset=200, val_fraction=0.25)
     assert np.array_equal(a.x_test, b.x_test) and np.array_equal(a.y_test, b.y_test)
     d = load_digits()
     _, x_test, _, y_test = train_test_split(d.data, d.target, test_size=0.25, random_state=0,
@@ -395,17 +395,17 @@ def test_digits_test_split_is_fixed():
 
 
 def test_train_subset_size_and_reproducibility():
-    a = data.load_dataset("digits", train_subset=300, seed=1)
-    b = data.load_dataset("digits", train_subset=300, seed=1)
-    c = data.load_dataset("digits", train_subset=300, seed=2)
+    a = datasets.load_dataset("digits", train_subset=300, seed=1)
+    b = datasets.load_dataset("digits", train_subset=300, seed=1)
+    c = datasets.load_dataset("digits", train_subset=300, seed=2)
     assert a.x_train.shape == (300, 64) and a.y_train.shape == (300,)
     assert np.array_equal(a.x_train, b.x_train) and np.array_equal(a.y_train, b.y_train)
     assert not np.array_equal(a.x_train, c.x_train)
 
 
 def test_val_split_partitions_the_subset():
-    whole = data.load_dataset("digits", train_subset=400, seed=5)
-    split = data.load_dataset("digits", train_subset=400, seed=5, val_fraction=0.25)
+    whole = datasets.load_dataset("digits", train_subset=400, seed=5)
+    split = datasets.load_dataset("digits", train_subset=400, seed=5, val_fraction=0.25)
     assert split.x_train.shape == (300, 64) and split.x_val.shape == (100, 64)
     def rows(x, y):
         return sorted(r.tobytes() + bytes([int(c)]) for r, c in zip(x, y, strict=True))
@@ -413,17 +413,17 @@ def test_val_split_partitions_the_subset():
     union = rows(np.concatenate([split.x_train, split.x_val]),
                  np.concatenate([split.y_train, split.y_val]))
     assert union == rows(whole.x_train, whole.y_train)  # train + val = the same subset
-    full = data.load_dataset("digits", val_fraction=0.2, seed=0)
+    full = datasets.load_dataset("digits", val_fraction=0.2, seed=0)
     assert full.x_train.shape[0] + full.x_val.shape[0] == 1347
-    other = data.load_dataset("digits", val_fraction=0.2, seed=1)
+    other = datasets.load_dataset("digits", val_fraction=0.2, seed=1)
     assert not np.array_equal(full.y_val, other.y_val)
 
 
 def test_returned_arrays_do_not_share_the_cache():
-    a = data.load_dataset("digits")
+    a = datasets.load_dataset("digits")
     a.x_train[:] = 7.0
     a.y_test[:] = 3
-    b = data.load_dataset("digits")
+    b = datasets.load_dataset("digits")
     assert b.x_train.max() == 1.0 and len(set(b.y_test.tolist())) == 10
 
 
@@ -432,7 +432,7 @@ def test_returned_arrays_do_not_share_the_cache():
 
 @needs_fashion_mnist
 def test_fashion_mnist_full_load():
-    ds = data.load_dataset("fashion-mnist", progress=False)
+    ds = datasets.load_dataset("fashion-mnist", progress=False)
     assert ds.x_train.shape == (60000, 784) and ds.x_test.shape == (10000, 784)
     assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int64
     assert ds.image_shape == (28, 28) and ds.n_classes == 10
@@ -444,7 +444,7 @@ def test_fashion_mnist_full_load():
 
 @needs_fashion_mnist
 def test_fashion_mnist_subset_and_val_sizes():
-    ds = data.load_dataset("fashion-mnist", train_subset=1000, val_fraction=0.1, seed=3,
+    ds = datasets.load_dataset("fashion-mnist", train_subset=1000, val_fraction=0.1, seed=3,
                            progress=False)
     assert ds.x_train.shape == (900, 784) and ds.x_val.shape == (100, 784)
     assert ds.x_test.shape == (10000, 784)
@@ -455,9 +455,9 @@ def test_fashion_mnist_subset_and_val_sizes():
 
 def test_unknown_dataset_name():
     with pytest.raises(ConfigError) as e:
-        data.load_dataset("cifar10")
+        datasets.load_dataset("cifar10")
     assert e.value.field == "dataset"
-    for name in data.DATASETS:
+    for name in sources.DATASETS:
         assert name in e.value.message
 
 
@@ -472,10 +472,10 @@ def test_unknown_dataset_name():
 ])
 def test_bad_options(kwargs, field):
     with pytest.raises(ConfigError) as e:
-        data.load_dataset("digits", **kwargs)
+        datasets.load_dataset("digits", **kwargs)
     assert e.value.field == field
 
 
 def test_subset_error_names_available_count():
     with pytest.raises(ConfigError, match="1347"):
-        data.load_dataset("digits", train_subset=5000)
+        datasets.load_dataset("digits", train_subset=5000)

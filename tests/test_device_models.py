@@ -7,10 +7,11 @@ import importlib.util
 
 import pytest
 
-from grapes_hw.cli import main
-from grapes_hw.devices import list_models, load_device_model
+from grapes_hw.backends.registry import list_models, load_device_model
+from grapes_hw.cli.main import main
 from grapes_hw.errors import ConfigError
-from grapes_hw.train import TrainConfig, run
+from grapes_hw.training.config import TrainConfig
+from grapes_hw.training.train import run
 
 MODELS = [p.stem for p in list_models()]
 # Models that must learn digits in one epoch. Others (e.g. sweep grids down to 2-bit

@@ -16,10 +16,11 @@ from grapes_hw.backends.fixed_point import (
     VelocityFormat,
     quantize_symmetric,
 )
-from grapes_hw.cli import main
-from grapes_hw.devices import device_model_from_dict, load_device_model
+from grapes_hw.backends.registry import device_model_from_dict, load_device_model
+from grapes_hw.cli.main import main
 from grapes_hw.errors import ConfigError
-from grapes_hw.train import TrainConfig, run
+from grapes_hw.training.config import TrainConfig
+from grapes_hw.training.train import run
 
 
 def he(shape, seed=0):
@@ -185,9 +186,9 @@ def test_same_seed_same_bits_different_seed_differs():
 
 
 def test_kernels_are_not_compiled_at_import():
-    code = ("import sys, grapes_hw, grapes_hw.devices, grapes_hw.backends.fixed_point, "
-            "grapes_hw.noise, grapes_hw.train, grapes_hw.cli\n"
-            "grapes_hw.devices.load_device_model('fixed8')\n"
+    code = ("import sys, grapes_hw, grapes_hw.backends.registry, grapes_hw.backends.fixed_point, "
+            "grapes_hw.backends.noise, grapes_hw.training.config, grapes_hw.cli.main\n"
+            "grapes_hw.backends.registry.load_device_model('fixed8')\n"
             "assert 'numba' not in sys.modules, 'numba imported'\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr

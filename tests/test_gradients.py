@@ -8,11 +8,12 @@ import pytest
 import torch
 from conftest import make_net
 
-from grapes_hw.credit import BP
-from grapes_hw.grapes import GrapesParameters
-from grapes_hw.learning import Learner, softmax_error
-from grapes_hw.network import ForwardCache
-from grapes_hw.optim import SGD, Momentum, gradient
+from grapes_hw.functional.grapes import GrapesParameters
+from grapes_hw.functional.loss import softmax_error
+from grapes_hw.models.mlp import ForwardCache
+from grapes_hw.rules.credit import BP
+from grapes_hw.rules.learner import Learner
+from grapes_hw.rules.optim import SGD, Momentum, gradient
 
 
 def _torch_model(weights, activation):

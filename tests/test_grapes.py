@@ -6,11 +6,16 @@ import pytest
 import torch
 from conftest import make_net
 
-from grapes_hw.credit import BP
-from grapes_hw.grapes import GrapesParameters, importance_cols, importance_rows, modulation_factor
-from grapes_hw.learning import Learner
-from grapes_hw.network import ForwardCache
-from grapes_hw.optim import SGD
+from grapes_hw.functional.grapes import (
+    GrapesParameters,
+    importance_cols,
+    importance_rows,
+    modulation_factor,
+)
+from grapes_hw.models.mlp import ForwardCache
+from grapes_hw.rules.credit import BP
+from grapes_hw.rules.learner import Learner
+from grapes_hw.rules.optim import SGD
 
 
 def test_largest_row_sum_gets_2_and_under_half_gets_1():
@@ -45,7 +50,7 @@ def _errors(net, x, y, mode):
     lr = Learner(net, BP(net), GrapesParameters(mode=mode), SGD())
     lr.cache = ForwardCache()
     logits = net.forward(x, train=True, cache=lr.cache)
-    from grapes_hw.learning import softmax_error
+    from grapes_hw.functional.loss import softmax_error
 
     e, _, _ = softmax_error(logits, y)
     m = lr.factors()

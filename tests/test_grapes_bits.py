@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from grapes_hw.cli import main
-from grapes_hw.learning import Learner
+from grapes_hw.cli.main import main
+from grapes_hw.rules.learner import Learner
 
 
 def _record_factors(monkeypatch) -> list[torch.Tensor]:

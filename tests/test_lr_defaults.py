@@ -9,7 +9,8 @@ import pytest
 
 from grapes_hw.config import DEFAULT_LR, default_lr
 from grapes_hw.errors import ConfigError
-from grapes_hw.train import TrainConfig, run
+from grapes_hw.training.config import TrainConfig
+from grapes_hw.training.train import run
 
 
 def test_the_documented_defaults():
@@ -69,8 +70,8 @@ def test_snu_run_records_the_default():
 
 
 def test_continual_run_records_the_default():
-    from grapes_hw.continual import run_sequence
-    from grapes_hw.data import load_dataset
+    from grapes_hw.data.datasets import load_dataset
+    from grapes_hw.training.continual import run_sequence
 
     data = load_dataset("digits", train_subset=100)
     out = run_sequence(TrainConfig(dataset="digits", layers=(16,), optimizer="adam"), data,

@@ -6,7 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from grapes_hw.metrics import SLOWNESS_ZERO, chance_level, fit_plateau, plateau, plateau_check
+from grapes_hw.training.metrics import (
+    SLOWNESS_ZERO,
+    chance_level,
+    fit_plateau,
+    plateau,
+    plateau_check,
+)
 
 
 def test_clean_curve_is_accepted_with_its_parameters():
@@ -91,7 +97,8 @@ def test_curve_at_chance_rejected_whatever_its_slowness():
 
 
 def test_result_records_unit_of_pulses_and_the_fit_verdict():
-    from grapes_hw.train import TrainConfig, run
+    from grapes_hw.training.config import TrainConfig
+    from grapes_hw.training.train import run
 
     r = run(TrainConfig(dataset="digits", layers=(16,), epochs=2, seed=0))
     assert r["pulses_unit"] == "writes" and r["pulses_total"] > 0
@@ -106,7 +113,8 @@ def test_result_records_unit_of_pulses_and_the_fit_verdict():
 
 
 def test_backends_declare_their_pulse_unit():
-    from grapes_hw.backends.analog import AnalogTileBackend, SplitAnalogBackend
+    from grapes_hw.backends.analog.array import SplitAnalogBackend
+    from grapes_hw.backends.analog.tile import AnalogTileBackend
     from grapes_hw.backends.fixed_point import FixedPointBackend
     from grapes_hw.backends.float_backend import FloatBackend
 

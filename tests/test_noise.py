@@ -9,16 +9,18 @@ import torch
 
 from grapes_hw.backends import FloatBackend, FloatParams, WeightBackend
 from grapes_hw.backends.fixed_point import FixedParams, FixedPointBackend
-from grapes_hw.cli import main
-from grapes_hw.credit import BP
-from grapes_hw.data import load_dataset
-from grapes_hw.devices import device_model_from_dict, load_device_model
+from grapes_hw.backends.noise import NoiseParams, NoisyBackend, wrap_with_noise
+from grapes_hw.backends.registry import device_model_from_dict, load_device_model
+from grapes_hw.cli.main import main
+from grapes_hw.data.datasets import load_dataset
 from grapes_hw.errors import ConfigError
-from grapes_hw.grapes import GrapesParameters
-from grapes_hw.learning import Learner
-from grapes_hw.noise import NoiseParams, NoisyBackend, wrap_with_noise
-from grapes_hw.optim import SGD, Momentum
-from grapes_hw.train import TrainConfig, build_network, run
+from grapes_hw.functional.grapes import GrapesParameters
+from grapes_hw.rules.credit import BP
+from grapes_hw.rules.learner import Learner
+from grapes_hw.rules.optim import SGD, Momentum
+from grapes_hw.training.config import TrainConfig
+from grapes_hw.training.driver import build_network
+from grapes_hw.training.train import run
 
 SHAPE = (200, 300)
 

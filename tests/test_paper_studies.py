@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from grapes_hw.sweep import load_study
+from grapes_hw.studies.spec import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = ROOT / "studies"
@@ -97,8 +97,8 @@ def _continual_commands() -> list[list[str]]:
 
 
 def test_readme_continual_commands_are_the_papers_settings(monkeypatch):
-    import grapes_hw.continual as continual
-    from grapes_hw.cli import main
+    import grapes_hw.training.continual as continual
+    from grapes_hw.cli.main import main
 
     seen = []
 

@@ -11,15 +11,11 @@ import pytest
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("aihwkit") is None,
                                 reason="aihwkit is not installed")
 
-from grapes_hw.sweep import (  # noqa: E402
-    RUNS_FILE,
-    TUNING_FILE,
-    final_runs,
-    load_study,
-    run_one,
-    run_sweep,
-    tuning_plan,
-)
+from grapes_hw.studies.executors import run_one  # noqa: E402
+from grapes_hw.studies.spec import load_study  # noqa: E402
+from grapes_hw.studies.store import RUNS_FILE, TUNING_FILE  # noqa: E402
+from grapes_hw.studies.sweep import run_sweep  # noqa: E402
+from grapes_hw.studies.tuning import final_runs, tuning_plan  # noqa: E402
 
 
 def test_pcm_insitu_full_schema_and_quick_tuning_plan():
@@ -73,7 +69,7 @@ def test_crossbar_schema_and_one_quick_result():
 
 def test_final_runs_take_the_chosen_value():
     """A study's runs are built at their group's chosen value, not the one in the file."""
-    from grapes_hw.tune import Choice
+    from grapes_hw.studies.tune import Choice
 
     st = load_study("pcm_drift", quick=True)
     groups, _, _ = tuning_plan(st)

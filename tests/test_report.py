@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from grapes_hw.cli import main
-from grapes_hw.metrics import plateau
-from grapes_hw.report import write_report
+from grapes_hw.cli.main import main
+from grapes_hw.studies.report import write_report
+from grapes_hw.training.metrics import plateau
 
 DEVICES = {
     "float32": {"backend": "float", "params": {"dtype": "float32"}, "noise": None},
@@ -363,7 +363,7 @@ def test_report_of_partial_sweep_says_what_is_missing(sweep_dir):
 
 
 def test_which_devices_must_write_and_their_units():
-    from grapes_hw.report_analysis import pulses_unit, should_write
+    from grapes_hw.studies.analysis import pulses_unit, should_write
 
     def run(kind: str, **params) -> dict:
         return {"device_model": {"backend": kind, "params": params}, "config": {}}

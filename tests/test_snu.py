@@ -6,11 +6,14 @@ import pytest
 import torch
 
 from grapes_hw.backends.float_backend import FloatBackend, FloatParams
-from grapes_hw.grapes import GrapesParameters, importance_rows, modulation_factor
-from grapes_hw.network import HWLinear
-from grapes_hw.optim import SGD
-from grapes_hw.snu import SNULearner, SNUNetwork, SNUParams, h_grad, h_out, rate_code, snu_step
-from grapes_hw.train import TrainConfig, run
+from grapes_hw.functional.grapes import GrapesParameters, importance_rows, modulation_factor
+from grapes_hw.functional.snu import SNUParams, h_grad, h_out, rate_code, snu_step
+from grapes_hw.models.mlp import HWLinear
+from grapes_hw.models.snu import SNUNetwork
+from grapes_hw.rules.optim import SGD
+from grapes_hw.rules.snu import SNULearner
+from grapes_hw.training.config import TrainConfig
+from grapes_hw.training.train import run
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -207,7 +210,7 @@ def test_snu_learns_rate_coded_digits_and_result_keys():
 
 
 def test_snu_on_fixed_point_backend_runs():
-    from grapes_hw.devices import list_models
+    from grapes_hw.backends.registry import list_models
 
     if "fixed8" not in {p.stem for p in list_models()}:
         pytest.skip("fixed8 device model not available")
@@ -278,10 +281,10 @@ def _first_output_update(readout_scale):
     of the default 3 x 256 SNU."""
     import numpy as np
 
-    from grapes_hw.data import load_dataset
-    from grapes_hw.devices import load_device_model
-    from grapes_hw.snu import build_snu_network
-    from grapes_hw.train import build_optimizer
+    from grapes_hw.backends.registry import load_device_model
+    from grapes_hw.data.datasets import load_dataset
+    from grapes_hw.training.driver import build_optimizer
+    from grapes_hw.training.train import build_snu_network
 
     cfg = TrainConfig(model="snu", extra={"snu": {"readout_scale": readout_scale}})
     data = load_dataset("digits", seed=0)

@@ -12,18 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from grapes_hw.cli import main
+from grapes_hw.cli.main import main
 from grapes_hw.errors import ConfigError
-from grapes_hw.sweep import (
-    CRASH_ONCE_ENV,
-    RUNS_FILE,
-    load_study,
-    read_runs,
-    run_key,
-    run_sweep,
-    study_from_dict,
-)
-from grapes_hw.train import TrainConfig
+from grapes_hw.studies.executors import CRASH_ONCE_ENV, run_one
+from grapes_hw.studies.keys import run_key
+from grapes_hw.studies.spec import load_study, study_from_dict
+from grapes_hw.studies.store import RUNS_FILE, read_runs
+from grapes_hw.studies.sweep import run_sweep
+from grapes_hw.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -320,7 +316,7 @@ backend = ["float32", "{model}"]
 
 
 def test_second_sweep_on_same_dir_refused(tmp_path):
-    from grapes_hw.sweep import LOCK_FILE, _Lock
+    from grapes_hw.studies.store import LOCK_FILE, _Lock
 
     study = grid({"base": TINY})
     (tmp_path / "o").mkdir()
@@ -383,7 +379,7 @@ def test_worker_thread_limit():
     # A sweep worker must not size torch's pool to every core: with several workers the
     # spin-waiting pools made runs several times slower.
     code = ("import torch\n"
-            "from grapes_hw.sweep import _limit_threads\n"
+            "from grapes_hw.studies.executors import _limit_threads\n"
             "_limit_threads(1)\n"
             "assert torch.get_num_threads() == 1, torch.get_num_threads()\n")
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
@@ -399,7 +395,7 @@ def test_discarding_a_broken_pool_does_not_wait_for_stuck_survivors():
     import threading
     from concurrent.futures import ProcessPoolExecutor
 
-    from grapes_hw.sweep import _discard_broken_pool
+    from grapes_hw.studies.executors import _discard_broken_pool
 
     pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("forkserver"))
     fut = pool.submit(time.sleep, 600)
@@ -419,8 +415,8 @@ def test_ctrl_c_in_a_run_is_not_recorded_and_the_run_is_redone(tmp_path, monkeyp
     """A run interrupted mid-epoch (Ctrl-C reaches the worker) comes back with status
     interrupted and its finished epochs; the sweep does not record it, so the next sweep
     runs it again."""
-    import grapes_hw.sweep as sweep_mod
-    from grapes_hw import learning
+    import grapes_hw.studies.sweep as sweep_mod
+    from grapes_hw.rules import learner as learning
 
     step = learning.Learner.step
     calls = {"n": 0}
@@ -435,7 +431,7 @@ def test_ctrl_c_in_a_run_is_not_recorded_and_the_run_is_redone(tmp_path, monkeyp
 
     def in_process(specs, workers, threads, on_result):  # the worker, in this process
         for s in specs:
-            rec = sweep_mod.run_one(s.config_dict(), s.key, threads)
+            rec = run_one(s.config_dict(), s.key, threads)
             seen.append(rec)
             on_result(rec)
 

@@ -8,17 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from grapes_hw.cli import main
-from grapes_hw.sweep import (
-    RUNS_FILE,
-    check_done,
-    latest_by_key,
-    load_study,
-    read_runs,
-    run_key,
-    run_sweep,
-)
-from grapes_hw.train import TrainConfig
+from grapes_hw.cli.main import main
+from grapes_hw.studies.keys import run_key
+from grapes_hw.studies.spec import load_study
+from grapes_hw.studies.store import RUNS_FILE, latest_by_key, read_runs
+from grapes_hw.studies.sweep import check_done, run_sweep
+from grapes_hw.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 

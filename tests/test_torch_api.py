@@ -19,15 +19,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from grapes_hw.backends.float_backend import FloatParams
-from grapes_hw.credit import BP
-from grapes_hw.data import load_dataset
-from grapes_hw.devices import DeviceModel, device_model_from_rpu_config
+from grapes_hw.backends.registry import DeviceModel, device_model_from_rpu_config
+from grapes_hw.data.datasets import load_dataset
 from grapes_hw.errors import ConfigError
-from grapes_hw.grapes import GrapesParameters
-from grapes_hw.learning import Learner
-from grapes_hw.optim import make_optimizer
+from grapes_hw.functional.grapes import GrapesParameters
+from grapes_hw.rules.credit import BP
+from grapes_hw.rules.learner import Learner
+from grapes_hw.rules.optim import make_optimizer
 from grapes_hw.torch import GRAPES
-from grapes_hw.train import TrainConfig, build_network, run
+from grapes_hw.training.config import TrainConfig
+from grapes_hw.training.driver import build_network
+from grapes_hw.training.train import run
 
 HAVE_AIHWKIT = importlib.util.find_spec("aihwkit") is not None
 needs_aihwkit = pytest.mark.skipif(not HAVE_AIHWKIT, reason="needs aihwkit")
@@ -455,7 +457,7 @@ def test_backend_rpu_config_object_gives_a_full_result(tmp_path):
     from aihwkit.simulator.configs import FloatingPointRPUConfig
     from aihwkit.simulator.presets import PCMPreset
 
-    from grapes_hw.backends.analog import AnalogParams
+    from grapes_hw.backends.analog.config import AnalogParams
 
     toml = tmp_path / "fp.toml"
     toml.write_text('name = "fp"\ndescription = "FloatingPoint tile"\nbackend = "analog"\n'
@@ -497,9 +499,9 @@ def test_backend_of_another_type_names_the_field():
 
 def test_the_torch_submodule_does_not_shadow_torch():
     import grapes_hw
-    import grapes_hw.learning
-    import grapes_hw.train
+    import grapes_hw.rules.learner
+    import grapes_hw.training.train
 
-    assert grapes_hw.train.torch is torch and grapes_hw.learning.torch is torch
+    assert grapes_hw.training.train.torch is torch and grapes_hw.rules.learner.torch is torch
     assert grapes_hw.torch is not torch and grapes_hw.GRAPES is GRAPES
     assert "GRAPES" in grapes_hw.__all__ and "DeviceModel" in grapes_hw.__all__

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from grapes_hw.metrics import fit_plateau, plateau
-from grapes_hw.train import TrainConfig, run
+from grapes_hw.training.config import TrainConfig
+from grapes_hw.training.metrics import fit_plateau, plateau
+from grapes_hw.training.train import run
 
 
 @pytest.mark.parametrize("optimizer, grapes, lr", [
@@ -75,10 +76,10 @@ def test_lr_matched_equals_plain_sgd_at_the_scaled_lr():
     here from the initial weights."""
     import torch
 
-    from grapes_hw.credit import make_credit
-    from grapes_hw.devices import load_device_model
-    from grapes_hw.grapes import mean_factor
-    from grapes_hw.train import build_network
+    from grapes_hw.backends.registry import load_device_model
+    from grapes_hw.functional.grapes import mean_factor
+    from grapes_hw.rules.credit import make_credit
+    from grapes_hw.training.driver import build_network
 
     cfg = TrainConfig(dataset="digits", layers=(64, 32), epochs=2, lr=0.1, lr_matched=True,
                       seed=2)
@@ -99,7 +100,7 @@ def test_lr_matched_equals_plain_sgd_at_the_scaled_lr():
 def test_ctrl_c_mid_epoch_keeps_the_finished_epochs(monkeypatch):
     """A KeyboardInterrupt in the middle of epoch 2: status interrupted, epoch 1 complete,
     epoch 2 recorded as partial."""
-    from grapes_hw import learning
+    from grapes_hw.rules import learner as learning
 
     calls = {"n": 0}
     step = learning.Learner.step
@@ -121,8 +122,8 @@ def test_ctrl_c_mid_epoch_keeps_the_finished_epochs(monkeypatch):
 def test_one_driver_for_every_model(monkeypatch):
     """mlp, snu, ssnu and cnn runs all go through runloop.run_model and its one epoch loop,
     and give results with the same keys."""
-    from grapes_hw import runloop
-    from grapes_hw.train import MODELS
+    from grapes_hw.training import driver as runloop
+    from grapes_hw.training.config import MODELS
 
     loops = []
     real = runloop.train_loop

@@ -13,17 +13,11 @@ from pathlib import Path
 import pytest
 
 from grapes_hw.errors import ConfigError
-from grapes_hw.sweep import (
-    RUNS_FILE,
-    TUNING_FILE,
-    final_runs,
-    load_study,
-    run_sweep,
-    study_from_dict,
-    tuning_choices,
-    tuning_plan,
-)
-from grapes_hw.tune import choose, run_metric
+from grapes_hw.studies.spec import load_study, study_from_dict
+from grapes_hw.studies.store import RUNS_FILE, TUNING_FILE
+from grapes_hw.studies.sweep import run_sweep
+from grapes_hw.studies.tune import choose, run_metric
+from grapes_hw.studies.tuning import final_runs, tuning_choices, tuning_plan
 
 BASE = {"dataset": "digits", "layers": [16], "epochs": 2, "download": False}
 
@@ -207,7 +201,7 @@ def test_report_of_a_tuned_sweep(tmp_path):
     curve with the metric recomputed here from runs.jsonl and the chosen value, groups the
     study's runs without splitting them by their tuned lr (so GRAPES is compared with its
     baseline), and writes the device-state and equal-lr tables."""
-    from grapes_hw.report import write_report
+    from grapes_hw.studies.report import write_report
 
     study = study_from_dict(tuned_study())
     out = tmp_path / "out"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from grapes_hw.report_analysis import recheck, welch_p  # noqa: E402
+from grapes_hw.studies.analysis import recheck, welch_p
 
 
 def rule_of(c: dict) -> str:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .base import MemoryReport, WeightBackend
-from .float_backend import FloatBackend, FloatParams
+from grapes_hw.backends.base import MemoryReport, WeightBackend
+from grapes_hw.backends.float_backend import FloatBackend, FloatParams
 
 
 def make_float(shape, params, seed):

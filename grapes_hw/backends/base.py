@@ -28,7 +28,7 @@ Optional abilities are *declared*, never guessed: every backend has ``abilities`
 * ``store``: ``stored()`` (the clean stored weights as a float tensor of ``shape``, no read
   noise; may be the backend's own tensor, so callers must not modify it) and ``store(w)``
   (set the stored weights to ``w`` as far as the format allows, without counting
-  ``pulses()``); the noise models of ``grapes_hw.noise`` need them;
+  ``pulses()``); the noise models of ``grapes_hw.backends.noise`` need them;
 * ``weight_range``: ``weight_range()``, the reference scale of noise sigmas (fixed point:
   ``w_max``); without it the noise model uses the layer's max |W| right after ``program()``;
 * ``drift``: ``program_and_drift(t_seconds, compensation)`` (analog inference tiles);

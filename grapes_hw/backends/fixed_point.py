@@ -41,8 +41,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ..config import require
-from .base import Abilities, MemoryReport
+from grapes_hw.backends.base import Abilities, MemoryReport
+from grapes_hw.config import require
 
 Rounding = Literal["nearest", "stochastic"]
 
@@ -116,7 +116,7 @@ def _mix32(x: int) -> int:
 
 def _kernels():
     """The numba kernels, compiled on first use (never at import time)."""
-    from . import _fixed_kernels
+    from grapes_hw.kernels import fixed as _fixed_kernels
 
     return _fixed_kernels
 

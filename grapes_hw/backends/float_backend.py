@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 
-from .base import Abilities, MemoryReport
+from grapes_hw.backends.base import Abilities, MemoryReport
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 

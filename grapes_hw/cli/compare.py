@@ -1,0 +1,35 @@
+"""``grapes-hw compare``: the command's options.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from grapes_hw.studies import compare
+from grapes_hw.studies.compare import compare_table, load_results, render
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser("compare", help="side-by-side table of runs (result.json / runs.jsonl)",
+                       description=compare.__doc__.split("\n\n", 1)[1])
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="result.json of 'grapes-hw train --out', or a sweep's runs.jsonl")
+    p.add_argument("--all", action="store_true", help="show the shared settings too")
+    p.add_argument("--format", choices=("md", "csv"), default="md",
+                   help="Markdown table (default) or CSV")
+    p.add_argument("--out", default=None, help="write the table here instead of stdout")
+    p.set_defaults(func=cmd_compare)
+
+
+def cmd_compare(args) -> int:
+    runs = load_results(args.files)
+    header, rows, shared = compare_table(runs, args.all)
+    text = render(header, rows, args.format)
+    if args.format == "md" and not args.all:
+        text += f"\n{len(shared)} settings are the same in every run (--all shows them).\n"
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="")
+    return 0

@@ -1,0 +1,198 @@
+"""One training run for every model: the builder per ``TrainConfig.model`` (MLP, SNU/sSNU,
+CNN) and ``run(config) -> result dict`` through the one driver (``training.driver``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from grapes_hw.config import (
+    to_dict,
+)
+from grapes_hw.errors import ConfigError
+from grapes_hw.functional.init import he_uniform
+from grapes_hw.models.cnn import (
+    ConvNet,
+    HWConv2d,
+    Pool2d,
+    describe,
+    feature_shapes,
+    parse_conv,
+    resolved_conv,
+)
+from grapes_hw.models.mlp import HWLinear
+from grapes_hw.models.snu import SNUNetwork, snu_params
+from grapes_hw.rules.cnn import CNNLearner
+from grapes_hw.rules.credit import make_credit
+from grapes_hw.rules.learner import Learner
+from grapes_hw.rules.snu import SNULearner
+from grapes_hw.training.config import TrainConfig
+from grapes_hw.training.driver import EpochCallback, ModelRun, build_network, evaluate, run_model
+
+
+def build_snu_network(cfg, model, n_in: int, n_out: int) -> SNUNetwork:
+    """He-uniform weights on ``model``'s backend (as ``train.build_network``; every layer
+    after the first times ``init_gain``), biases at ``-threshold``."""
+    from dataclasses import replace
+
+    from grapes_hw.training.driver import build_network
+
+    params = snu_params(cfg)
+    base = build_network(replace(cfg, bias=True, dropout=0.0), model, n_in, n_out)
+    soft = cfg.model == "ssnu"
+    if params.threshold is None:
+        params.threshold = 3.0 if soft else 1.0
+    if params.init_gain is None:
+        params.init_gain = 3.0 if soft else 1.0
+    if params.init_gain != 1.0:  # the same He-uniform draws as build_network, scaled
+
+        gen = torch.Generator().manual_seed(cfg.seed)
+        for l, layer in enumerate(base.layers):
+            w = he_uniform(tuple(layer.shape), gen)
+            layer.backend.program(w if l == 0 else w * params.init_gain)
+    for layer in base.layers:
+        layer.bias.w.fill_(-params.threshold)
+    return SNUNetwork(base.layers, soft=soft, params=params)
+
+
+def build_snu_run(cfg, model, data, x_train, optimizer):
+    """The SNU/sSNU network and its BPTT learner for ``runloop.run_model`` (``train.run``
+    with ``--model snu|ssnu``): the same result keys as the MLP run, plus ``config.snu``."""
+    from grapes_hw.training.driver import ModelRun
+
+    net = build_snu_network(cfg, model, x_train.shape[1], data.n_classes)
+    learner = SNULearner(net, cfg.grapes_params(), optimizer, cfg.time_steps,
+                         torch.Generator().manual_seed(cfg.seed + 2718281),
+                         batch_size=cfg.batch_size)
+
+    class _NoFeedback:
+        def state_bytes(self) -> int:
+            return 0
+
+    def evaluate(x, y) -> float:
+        if x.shape[0] == 0:
+            return float("nan")
+        gen = torch.Generator().manual_seed(cfg.seed + 31337)  # same test spikes every epoch
+        return float((net.predict(x, cfg.test_time_steps, gen) == y).double().mean())
+
+    # drift: --drift-eval applies to MLP and CNN runs on analog inference tiles only
+    return ModelRun(net, learner, evaluate,
+                    lambda: [net.layers[l].backend.abs_sums(1) for l in range(net.n_hidden)],
+                    _NoFeedback(), {"snu": to_dict(net.params)}, drift=False)
+
+
+def run_snu(cfg, *, progress: bool = False, on_epoch=None, dataset=None) -> dict:
+    """``train.run`` for ``--model snu|ssnu``."""
+    from grapes_hw.training.driver import run_model
+
+    return run_model(cfg, build_snu_run, progress=progress, on_epoch=on_epoch, dataset=dataset)
+
+
+__all__ = ["build_snu_network", "build_snu_run", "run_snu"]
+
+
+# ---- building and running ------------------------------------------------------------------
+def build_cnn(cfg, model, image_shape: tuple[int, int], n_classes: int,
+              in_channels: int = 1) -> ConvNet:
+    """He-uniform initialised CNN on ``model``'s backend, seeded by ``cfg.seed`` (as
+    ``train.build_network``: one generator, layers in order, backend seeds
+    ``seed * 1000 + i``)."""
+    from grapes_hw.backends.registry import make_backend, resolve_device_model
+
+    model = resolve_device_model(model)
+    specs = parse_conv(resolved_conv(cfg))
+    in_shape = (int(in_channels), int(image_shape[0]), int(image_shape[1]))
+    shapes = feature_shapes(specs, in_shape)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    convs, pools = [], []
+    c_in = in_shape[0]
+    i = 0
+    for s in specs:
+        shape = (s.channels, c_in * s.kernel * s.kernel)
+        backend = make_backend(model, shape, seed=cfg.seed * 1000 + i)
+        backend.program(he_uniform(shape, gen))
+        convs.append(HWConv2d(backend, c_in, s.kernel, 1, s.kernel // 2, bias=cfg.bias))
+        pools.append(Pool2d(s.pool, cfg.activation))
+        c_in = s.channels
+        i += 1
+    c, h, w = shapes[-1]
+    sizes = [c * h * w, *[int(n) for n in cfg.layers], int(n_classes)]
+    head = []
+    for j in range(len(sizes) - 1):
+        shape = (sizes[j + 1], sizes[j])
+        backend = make_backend(model, shape, seed=cfg.seed * 1000 + i)
+        backend.program(he_uniform(shape, gen))
+        head.append(HWLinear(backend, bias=cfg.bias))
+        i += 1
+    return ConvNet(convs, pools, head, in_shape, cfg.activation)
+
+
+def build_cnn_run(cfg, model, data, x_train, optimizer):
+    """The CNN and its learner for ``runloop.run_model`` (``train.run`` with ``--model
+    cnn``): the same result keys as the MLP run, plus ``config.cnn`` (the architecture)."""
+    from grapes_hw.training.driver import ModelRun
+
+    image_shape = tuple(data.image_shape)
+    n_pix = image_shape[0] * image_shape[1]
+    if x_train.shape[1] % n_pix:
+        raise ConfigError("dataset", f"{data.name}: rows of {x_train.shape[1]} values are "
+                                       f"not images of {image_shape}")
+    spec = resolved_conv(cfg)
+    net = build_cnn(cfg, model, image_shape, data.n_classes,
+                    in_channels=x_train.shape[1] // n_pix)
+    learner = CNNLearner(net, cfg.grapes_params(), optimizer, cfg.credit,
+                         torch.Generator().manual_seed(cfg.seed + 104729))
+
+    def evaluate(x, y) -> float:
+        if x.shape[0] == 0:
+            return float("nan")
+        return float((net.predict(x) == y).double().mean())
+
+    return ModelRun(net, learner, evaluate,
+                    lambda: [learner.importance(l) for l in range(net.n_hidden)], learner,
+                    {"cnn": describe(net, spec)})
+
+
+def run_cnn(cfg, *, progress: bool = False, on_epoch=None, dataset=None) -> dict:
+    """``train.run`` for ``--model cnn``."""
+    from grapes_hw.training.driver import run_model
+
+    return run_model(cfg, build_cnn_run, progress=progress, on_epoch=on_epoch, dataset=dataset)
+
+
+__all__ = ["build_cnn", "build_cnn_run", "run_cnn"]
+
+
+def build_mlp(cfg: TrainConfig, model, data, x_train, optimizer) -> ModelRun:
+    """The MLP's network (``build_network``), credit assignment and learner."""
+    net = build_network(cfg, model, x_train.shape[1], data.n_classes)
+    credit = make_credit(cfg.credit, net, torch.Generator().manual_seed(cfg.seed + 104729))
+    learner = Learner(net, credit, cfg.grapes_params(), optimizer)
+    return ModelRun(net, learner, lambda x, y: evaluate(net, x, y),
+                    lambda: [credit.importance(l) for l in range(net.n_hidden)], credit)
+
+
+def _builder(name: str):
+    if name == "mlp":
+        return build_mlp
+    if name == "cnn":
+        pass
+
+        return build_cnn_run
+    pass
+
+    return build_snu_run
+
+
+def run(cfg: TrainConfig, *, progress: bool = False,
+        on_epoch: EpochCallback | None = None, dataset=None) -> dict:
+    """Train one network as configured (any ``model``); return the result dictionary."""
+    cfg.check()
+    return run_model(cfg, _builder(cfg.model), progress=progress, on_epoch=on_epoch,
+                     dataset=dataset)
+
+
+def with_overrides(cfg: TrainConfig, **kw) -> TrainConfig:
+    return replace(cfg, **kw)
