@@ -6,7 +6,8 @@ The public API is small:
   ``TrainConfig.backend`` is a device model's name, a TOML path, a ``DeviceModel`` or an
   aihwkit rpu_config object;
 * ``DeviceModel``, ``load_device_model``, ``resolve_device_model``,
-  ``device_model_from_rpu_config`` / ``make_backend`` (``grapes_hw.backends.registry``): device models;
+  ``device_model_from_rpu_config`` / ``make_backend`` (``grapes_hw.backends.registry``):
+  device models;
 * ``GRAPES`` (``grapes_hw.torch``): GRAPES attached to any torch ``nn.Module`` (Linear, Conv2d,
   aihwkit AnalogLinear/AnalogConv2d), for a user's own training loop and optimizer;
 * ``WeightBackend`` (``grapes_hw.backends``): the protocol a weight store implements;

@@ -19,7 +19,8 @@ from grapes_hw.backends.float_backend import FloatBackend, FloatParams
 from grapes_hw.cli.main import main
 from grapes_hw.errors import ConfigError
 from grapes_hw.functional.grapes import GrapesParameters
-from grapes_hw.models.cnn import ConvNet, HWConv2d, Pool2d, exact_mvm, parse_conv
+from grapes_hw.models.cnn import ConvNet, Pool2d, parse_conv
+from grapes_hw.models.conv import HWConv2d, exact_mvm
 from grapes_hw.models.mlp import HWLinear
 from grapes_hw.rules.cnn import CNNLearner
 from grapes_hw.rules.optim import SGD, make_optimizer

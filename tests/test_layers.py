@@ -82,7 +82,8 @@ def test_the_checker_finds_a_cycle():
 LAYERS = (
     ("errors", "_version"),                  # foundation: errors, the version
     ("config",),                             # typed-config machinery
-    ("functional", "kernels", "data"),       # pure functions, numba kernels, datasets
+    ("kernels",),                            # numba kernels (compiled on first call)
+    ("functional", "data"),                  # pure functions, datasets
     ("backends", "torch"),                   # weight stores; GRAPES for torch modules
     ("models",),                             # networks whose layers hold backends
     ("rules",),                              # credit, optimizers, learners

@@ -314,7 +314,8 @@ def resolve_device_model(backend: Any, option: str = "backend") -> DeviceModel:
         return device_model_from_rpu_config(backend)
     raise ConfigError(option, f"got a {type(backend).__name__}; expected a device model name "
                               "(e.g. float32, pcm-insitu), a path to a .toml file, a "
-                              "grapes_hw.backends.registry.DeviceModel or an aihwkit rpu_config object")
+                              "grapes_hw.backends.registry.DeviceModel or an aihwkit "
+                              "rpu_config object")
 
 
 def describe_backend(backend: Any) -> str:

@@ -1,5 +1,8 @@
 """Where the datasets' files come from: the known datasets and their sizes, checksums of
 every accepted file variant, IDX parsing, search of data folders and downloading.
+
+Over 400 lines: the checksum table of every accepted file variant, IDX parsing, the
+search of data folders and the download each verify the same files.
 """
 
 from __future__ import annotations

@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import torch
 
+from grapes_hw.kernels import step as _step_kernels
+
 
 def softmax_error(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float, int]:
     """Output error ``e = softmax(logits) - onehot(y)``, summed cross-entropy, #correct (the
-    first maximal logit counts). NaN or Inf logits give a NaN loss (divergence detection)."""
+    first maximal logit counts). NaN or Inf logits give a NaN loss (divergence detection).
+    A contiguous CPU float batch goes through the numba ``softmax_xent``
+    (``grapes_hw.kernels.step``) when its ``ENABLED`` is set."""
+    fused = _step_kernels.softmax_error(logits, y)
+    if fused is not None:
+        return fused
     logp = torch.log_softmax(logits, dim=1)
     yy = y[:, None]
     loss = -float(logp.gather(1, yy).sum())

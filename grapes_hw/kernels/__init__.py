@@ -1,2 +1,3 @@
 """numba kernels, compiled on first call (``cache=True``), never at import time: the
-fixed-point round-and-write and the fused max pooling of the CNN."""
+fixed-point round-and-write (``fixed``), the CNN's fused max pooling (``pool``) and the
+float step bundle (``step``: softmax error, activation gradient, row L1 sums)."""

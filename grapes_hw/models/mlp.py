@@ -15,6 +15,7 @@ import torch
 
 from grapes_hw.backends.base import WeightBackend
 from grapes_hw.backends.float_backend import FloatBackend, FloatParams
+from grapes_hw.kernels import step as _step_kernels
 
 Activation = Literal["relu", "tanh"]
 
@@ -97,7 +98,12 @@ class Network:
                          keep: torch.Tensor | None,
                          scale: torch.Tensor | None = None) -> torch.Tensor:
         """In place: ``g * f'(a) (* scale)`` given the layer's output ``h = f(a)`` (after
-        dropout). ``scale`` is a per-node factor (GRAPES' m)."""
+        dropout). ``scale`` is a per-node factor (GRAPES' m). Without dropout, contiguous CPU
+        float tensors go through the numba ``act_grad_scale`` (``grapes_hw.kernels.step``)."""
+        if keep is None and _step_kernels.ENABLED:
+            s = scale.to(g.dtype) if scale is not None else None
+            if _step_kernels.activation_grad(g, h, self.activation == "relu", s) is not None:
+                return g
         if self.activation == "relu":
             g.mul_(h > 0)
         else:

@@ -13,6 +13,9 @@ the stored fit of an older version is ignored), the pulse unit is the one the ba
 declared (``pulses_unit``, inferred from the device's backend kind for older results), and
 each run is flagged when it failed, diverged, stayed at chance level, wrote no pulses on a
 device that should write, or has a rejected plateau fit.
+
+Over 400 lines: grouping, ordering, re-checking and the facts a report states all read
+the same run fields; split, each part would import the others.
 """
 
 from __future__ import annotations

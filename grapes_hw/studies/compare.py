@@ -5,7 +5,7 @@ Each file is one run's ``result.json`` (``grapes-hw train --out``) or a sweep's 
 setting in which the runs differ (config, device model, dataset, versions; ``--all``: every
 setting), then their metrics: best and final test accuracy, the plateau-fit slowness
 (re-checked with today's rules, ``n/a`` and the reason when rejected), pulses with their
-unit, optimizer memory, epochs run, status and flags (see ``report_analysis.recheck``).
+unit, optimizer memory, epochs run, status and flags (see ``studies.analysis.recheck``).
 Output: a Markdown table (default) or CSV, on stdout or into ``--out``.
 """
 

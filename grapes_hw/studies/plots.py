@@ -3,11 +3,13 @@
 Every figure of a report draws a learning rule (method) with the same colour and marker
 (``Style``), in the same order; legends sit outside the axes; error bars (± sample std over
 seeds) appear only where a point has n > 1 runs, and n is given in the title (or next to a
-point whose n differs); devices follow ``report_analysis``' order (float first, bits
+point whose n differs); devices follow ``analysis``' order (float first, bits
 descending, noise ascending); panels that are compared share their y range; a zero on a log
 axis is drawn at the bottom edge, hollow and labelled 0; titles give the dataset, network,
 epochs and seeds that ran. A plot without data is not written: each function returns
 whether it wrote its file.
+
+Over 400 lines: one function per figure, all sharing ``Style`` and the panel helpers.
 """
 
 from __future__ import annotations

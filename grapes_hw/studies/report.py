@@ -1,7 +1,7 @@
 """Reports of a sweep folder: ``grapes-hw report DIR`` -> ``DIR/report.md``, CSV tables, PNGs.
 
 Runs are read from ``DIR/runs.jsonl`` (the last record of each key counts), re-checked and
-grouped by ``report_analysis`` (every setting that varies except the seed; "method" fields
+grouped by ``analysis`` (every setting that varies except the seed; "method" fields
 are compared within a "context"). The report states what ran, read from the runs (dataset,
 network, epochs, seeds, n per cell), never from the study's description. Per group it gives
 the paper's numbers: best test accuracy over the epochs, mean and sample standard deviation
@@ -13,10 +13,13 @@ setting and says, with a Welch t-test over seeds, whether GRAPES beats its plain
 Files written (all in DIR): ``report.md``; ``summary.csv`` (one row per group),
 ``learning_curves.csv``, ``flagged_runs.csv`` and, when the data has them,
 ``comparisons.csv``, ``acc_vs_bits.csv``, ``acc_vs_noise.csv``, ``drift.csv``; plots
-(``report_plots``) ``best_test_acc.png``, ``learning_curves.png``, ``optimizer_memory.png``
+(``plots``) ``best_test_acc.png``, ``learning_curves.png``, ``optimizer_memory.png``
 and, when there is something to draw, ``slowness.png``, ``pulses.png``, ``acc_vs_bits.png``,
 ``acc_vs_noise.png``, ``drift.png``. An output of an earlier report that has nothing to show
 any more is removed.
+
+Over 400 lines: one function per Markdown section of the report; the grouping and the
+statistics are in ``analysis.py``, the figures in ``plots.py``.
 """
 
 from __future__ import annotations

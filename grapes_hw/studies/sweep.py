@@ -6,7 +6,8 @@ matches and has a ``[quick]`` table for a minutes-long variant. ``load_study`` e
 validates every run before anything trains; ``run_sweep`` trains the runs not yet done, in local
 worker processes or on a Dask cluster, and appends each finished run to ``DIR/runs.jsonl``.
 
-``runs.jsonl`` holds one JSON object per line: the result of :func:`grapes_hw.training.train.run` plus
+``runs.jsonl`` holds one JSON object per line: the result of
+:func:`grapes_hw.training.train.run` plus
 ``key`` (the run's stable key: a hash of its resolved configuration), or, for a run that raised,
 ``status`` "error" with the traceback in ``error``. Only the parent process writes it, each line
 with one ``os.write`` of the whole line on an ``O_APPEND`` descriptor followed by ``fsync``, so a

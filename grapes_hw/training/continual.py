@@ -142,7 +142,7 @@ def run_sequence(cfg, data, n_tasks: int, k_pixels: int, epochs_per_task: int,
     ``curve`` (one entry per epoch, epoch 0 = before training) and the summary metrics.
 
     The network and learner come from the model's builder and each task's epochs run in the
-    one epoch loop every model uses (``runloop.train_loop``: the same divergence check and
+    one epoch loop every model uses (``training.driver.train_loop``: the same divergence check and
     Ctrl-C handling); after every epoch every task's test set is scored."""
     from dataclasses import replace
 

@@ -15,7 +15,7 @@ falling or erratic curve (a curve that did not learn), and measures nothing. A
 rejected fit keeps its fitted numbers (so the reason can be checked) but ``ok`` is False
 with the reason; its slowness must be shown as n/a and left out of means, plots and
 comparisons. ``result_record`` stores ``slowness`` None for a rejected fit; reports re-check
-stored results (``report_analysis.recheck``), so older runs get these rules too.
+stored results (``studies.analysis.recheck``), so older runs get these rules too.
 """
 
 from __future__ import annotations

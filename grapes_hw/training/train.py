@@ -15,13 +15,13 @@ from grapes_hw.errors import ConfigError
 from grapes_hw.functional.init import he_uniform
 from grapes_hw.models.cnn import (
     ConvNet,
-    HWConv2d,
     Pool2d,
     describe,
     feature_shapes,
     parse_conv,
     resolved_conv,
 )
+from grapes_hw.models.conv import HWConv2d
 from grapes_hw.models.mlp import HWLinear
 from grapes_hw.models.snu import SNUNetwork, snu_params
 from grapes_hw.rules.cnn import CNNLearner
@@ -58,7 +58,7 @@ def build_snu_network(cfg, model, n_in: int, n_out: int) -> SNUNetwork:
 
 
 def build_snu_run(cfg, model, data, x_train, optimizer):
-    """The SNU/sSNU network and its BPTT learner for ``runloop.run_model`` (``train.run``
+    """The SNU/sSNU network and its BPTT learner for ``driver.run_model`` (``train.run``
     with ``--model snu|ssnu``): the same result keys as the MLP run, plus ``config.snu``."""
     from grapes_hw.training.driver import ModelRun
 
@@ -130,7 +130,7 @@ def build_cnn(cfg, model, image_shape: tuple[int, int], n_classes: int,
 
 
 def build_cnn_run(cfg, model, data, x_train, optimizer):
-    """The CNN and its learner for ``runloop.run_model`` (``train.run`` with ``--model
+    """The CNN and its learner for ``driver.run_model`` (``train.run`` with ``--model
     cnn``): the same result keys as the MLP run, plus ``config.cnn`` (the architecture)."""
     from grapes_hw.training.driver import ModelRun
 
