@@ -64,7 +64,8 @@ def epoch_plain_torch(x, y, perm, bs, lr):
 
 
 def epoch_ours(x, y, perm, bs, lr, backend="float32", grapes="off", patches=False):
-    cfg = TrainConfig(dataset="fashion-mnist", model="cnn", conv=CONV, layers=HEAD, seed=0)
+    cfg = TrainConfig.from_flat(dataset="fashion-mnist", model="cnn", conv=CONV, layers=HEAD,
+                                seed=0)
     net = build_cnn(cfg, load_device_model(backend), (28, 28), 10)
     if patches:
         for conv in net.convs:

@@ -45,7 +45,7 @@ def fixed_model(bits: int, rounding: str) -> DeviceModel:
 
 
 def learner_for(model: DeviceModel, x, y, bs, lr) -> Learner:
-    cfg = TrainConfig(dataset="fashion-mnist", layers=tuple(SIZES[1:-1]), seed=0)
+    cfg = TrainConfig.from_flat(dataset="fashion-mnist", layers=tuple(SIZES[1:-1]), seed=0)
     net = build_network(cfg, model, SIZES[0], SIZES[-1])
     learner = Learner(net, BP(net), GrapesParameters(mode="off"), SGD())
     learner.step(x[:bs], y[:bs], lr)  # compile / load the kernels before timing

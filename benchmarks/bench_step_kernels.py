@@ -78,7 +78,7 @@ def epoch_plain_torch(x, y, bs, lr):
 
 
 def epoch_ours(x, y, bs, lr, grapes, kernels: bool):
-    cfg = TrainConfig(dataset="fashion-mnist", layers=tuple(SIZES[1:-1]), seed=0)
+    cfg = TrainConfig.from_flat(dataset="fashion-mnist", layers=tuple(SIZES[1:-1]), seed=0)
     net = build_network(cfg, load_device_model("float32"), SIZES[0], SIZES[-1])
     learner = Learner(net, BP(net), GrapesParameters(mode=grapes), SGD())
     return _batches(x, y, bs, lambda xb, yb: learner.step(xb, yb, lr), kernels)

@@ -1,4 +1,5 @@
-"""Your own aihwkit device through grapes_hw's training run: ``TrainConfig(backend=rpu_config)``.
+"""Your own aihwkit device through grapes_hw's training run:
+``TrainConfig.from_flat(backend=rpu_config)``.
 
 An aihwkit RPU configuration built in Python -- here a single soft-bounds device per weight
 with 10 % device-to-device variation, weights mapped to 0.6 of its conductance range -- goes
@@ -6,7 +7,7 @@ straight into ``grapes_hw.TrainConfig.backend``. ``grapes_hw.run`` then trains g
 network on tiles of that device (one tile per layer, ``AnalogTileBackend``) and returns the
 same result dictionary as ``grapes-hw train --out``: per-epoch curve, best test accuracy,
 plateau-fit slowness, write pulses (estimated on CPU as ``sum |dW| / dw_min``), memory. The
-result records the device by class name (``config.backend``) and in full (the config's
+result records the device by class name (``config.device.backend``) and in full (the config's
 ``repr`` under ``device_model.extra.rpu_config``), so it stays JSON.
 
 Plain SGD and propagating GRAPES are run on the same device, seeds and data order.
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             else dict(layers=(64,), epochs=10))
     results = []
     for grapes in ("off", "propagating"):
-        cfg = TrainConfig(dataset="digits", backend=my_device(), optimizer="sgd", lr=0.05,
+        cfg = TrainConfig.from_flat(dataset="digits", backend=my_device(), optimizer="sgd", lr=0.05,
                           grapes=grapes, seed=0, **size)
         r = run(cfg)
         results.append(r)

@@ -282,7 +282,7 @@ def test_drift_lowers_accuracy_and_compensation_recovers(monkeypatch):
     monkeypatch.setattr(drift, "drift_evaluation",
                         functools.partial(drift.drift_evaluation,
                                           times=(1.0, 3600.0 * 24 * 365), repeats=8))
-    r = run(TrainConfig(dataset="digits", layers=(32, 32, 32), backend="pcm-inference",
+    r = run(TrainConfig.from_flat(dataset="digits", layers=(32, 32, 32), backend="pcm-inference",
                         optimizer="momentum", lr=0.01, epochs=10, bias=True, seed=0,
                         drift_eval=True))
     assert r["status"] == "ok" and r["best_test_acc"] > 0.6
@@ -295,7 +295,8 @@ def test_drift_lowers_accuracy_and_compensation_recovers(monkeypatch):
 
 def test_drift_eval_needs_inference_tiles():
     with pytest.raises(ConfigError, match="InferenceRPUConfig"):
-        run(TrainConfig(dataset="digits", layers=(8,), backend="idealized-insitu", epochs=1,
+        run(TrainConfig.from_flat(dataset="digits", layers=(8,), backend="idealized-insitu",
+                                  epochs=1,
                         drift_eval=True))
 
 
@@ -310,7 +311,7 @@ INSITU = {"sgd": dict(optimizer="sgd", lr=0.05),
 def insitu_runs():
     # digits, one hidden layer of 64, 10 epochs on pcm-insitu: best test accuracy over 5
     # seeds was >= 0.71 (SGD), 0.65 (momentum), 0.78 (GRAPES); chance is 0.1.
-    return {k: run(TrainConfig(dataset="digits", layers=(64,), backend="pcm-insitu",
+    return {k: run(TrainConfig.from_flat(dataset="digits", layers=(64,), backend="pcm-insitu",
                                epochs=10, seed=0, **kw)) for k, kw in INSITU.items()}
 
 

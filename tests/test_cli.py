@@ -304,7 +304,7 @@ def test_library_errors_name_fields_and_the_cli_maps_them_to_flags(capsys):
     from grapes_hw.training.config import TrainConfig
 
     with pytest.raises(ConfigError) as e:
-        TrainConfig(grapes_lower=3.0).check()
+        TrainConfig.from_flat(grapes_lower=3.0).check()
     assert e.value.field == "grapes_lower"
     rc = main(["train", "--dataset", "digits", "--train-subset", "99999", "--epochs", "1"])
     err = capsys.readouterr().err

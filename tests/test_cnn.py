@@ -385,7 +385,8 @@ def _conv_weight_grad(conv, x, delta, dac):
 
 @needs_aihwkit
 def test_cnn_on_an_analog_tile_learns_digits():
-    cfg = TrainConfig(model="cnn", conv="8:3,16:3", layers=(32,), backend="idealized-insitu",
+    cfg = TrainConfig.from_flat(model="cnn", conv="8:3,16:3", layers=(32,),
+                                backend="idealized-insitu",
                       epochs=4, lr=0.1, train_subset=1280, download=False)
     r = run(cfg)
     assert r["status"] == "ok"
@@ -399,7 +400,7 @@ def test_cnn_on_an_analog_tile_learns_digits():
 def _run_small(**kw):
     base = dict(model="cnn", conv="8:3,16:3", layers=(32,), epochs=4, lr=0.1,
                 train_subset=1280, download=False)
-    return run(TrainConfig(**{**base, **kw}))
+    return run(TrainConfig.from_flat(**{**base, **kw}))
 
 
 def test_float_cnn_learns_digits_and_records_the_architecture():
@@ -446,33 +447,33 @@ def test_fa_sends_errors_through_the_fixed_feedback_kernel():
 def test_config_errors_name_the_field():
     field = lambda e: e.value.field.lstrip("-")  # noqa: E731 - 'conv' (TrainConfig) or '--conv'
     with pytest.raises(ConfigError) as e:
-        TrainConfig(conv="8:3").check()
+        TrainConfig.from_flat(conv="8:3").check()
     assert field(e) == "conv" and "cnn" in e.value.message
     for conv, text in [("8:4", "odd"), ("8", "CHANNELS:KERNEL"), ("8:3:median", "max, avg, none"),
                        ("8:x", "non-integer"), ("", "CHANNELS:KERNEL"),
                        ("4:3,4:3,4:3,4:3", "shrink")]:
         with pytest.raises(ConfigError) as e:
-            TrainConfig(model="cnn", conv=conv).check()
+            TrainConfig.from_flat(model="cnn", conv=conv).check()
         assert field(e) == "conv" and text in e.value.message, (conv, e.value.message)
     with pytest.raises(ConfigError) as e:
-        TrainConfig(model="cnn", credit="dfa").check()
+        TrainConfig.from_flat(model="cnn", credit="dfa").check()
     assert field(e) == "credit" and "bp, fa" in e.value.message
     with pytest.raises(ConfigError) as e:
-        TrainConfig(model="cnn", dropout=0.2).check()
+        TrainConfig.from_flat(model="cnn", dropout=0.2).check()
     assert field(e) == "dropout"
     with pytest.raises(ConfigError) as e:
-        TrainConfig(model="rnn").check()
+        TrainConfig.from_flat(model="rnn").check()
     assert field(e) == "model" and "cnn" in e.value.message
     assert [s.text() for s in parse_conv("16:5, 32:5:avg")] == ["16:5", "32:5:avg"]
-    TrainConfig(model="cnn", dataset="fashion-mnist", conv="4:3,4:3,4:3,4:3").check()
+    TrainConfig.from_flat(model="cnn", dataset="fashion-mnist", conv="4:3,4:3,4:3,4:3").check()
 
 
 def test_new_field_leaves_existing_run_keys_alone():
     from grapes_hw.studies.keys import key_fields
 
     assert "conv" not in key_fields(TrainConfig())
-    assert "conv" not in key_fields(TrainConfig(model="cnn"))
-    assert key_fields(TrainConfig(model="cnn", conv="8:3"))["conv"] == "8:3"
+    assert "conv" not in key_fields(TrainConfig.from_flat(model="cnn"))
+    assert key_fields(TrainConfig.from_flat(model="cnn", conv="8:3"))["conv"] == "8:3"
 
 
 def test_cli_trains_a_cnn_and_writes_result_json(tmp_path, capsys):
@@ -488,7 +489,7 @@ def test_cli_trains_a_cnn_and_writes_result_json(tmp_path, capsys):
 
 
 def test_default_cnn_is_the_lenet_spec():
-    cfg = TrainConfig(model="cnn", dataset="fashion-mnist")
+    cfg = TrainConfig.from_flat(model="cnn", dataset="fashion-mnist")
     net = build_cnn(cfg, "float32", (28, 28), 10)
     assert [c.shape for c in net.convs] == [(16, 25), (32, 400)]
     assert net.head.layers[0].shape == (256, 32 * 7 * 7)
@@ -504,10 +505,10 @@ def test_cnn_study_quick_variant_runs(tmp_path):
 
     study = ROOT / "studies" / "cnn.toml"
     full = load_study(study, check_backends=False)
-    assert {r.config.model for r in full.runs} == {"cnn"}
-    assert {r.config.seed for r in full.runs} == {0, 1, 2}
+    assert {r.config.network.model for r in full.runs} == {"cnn"}
+    assert {r.config.run.seed for r in full.runs} == {0, 1, 2}
     quick = load_study(study, quick=True, check_backends=False)
-    if any(r.config.backend.startswith("pcm") for r in quick.runs) and \
+    if any(r.config.device.backend.startswith("pcm") for r in quick.runs) and \
             importlib.util.find_spec("aihwkit") is None:
         pytest.skip("the quick variant runs a PCM tile: needs aihwkit")
     # In a subprocess: the sweep's forkserver keeps the environment it started with, and
@@ -525,7 +526,8 @@ def test_cnn_study_quick_variant_runs(tmp_path):
 
 @needs_aihwkit
 def test_cnn_drift_evaluation_on_inference_tiles():
-    cfg = TrainConfig(model="cnn", conv="8:3", layers=(32,), backend="pcm-inference", epochs=2,
+    cfg = TrainConfig.from_flat(model="cnn", conv="8:3", layers=(32,), backend="pcm-inference",
+                                epochs=2,
                       lr=0.1, train_subset=1280, download=False, drift_eval=True)
     r = run(cfg)
     assert r["status"] == "ok" and len(r["drift"]) == 8  # 4 times x compensation on/off

@@ -80,7 +80,7 @@ def _tiny_digits(n_train=300):
 
 
 def test_protocol_tests_every_task_every_epoch(tmp_path):
-    base = TrainConfig(dataset="digits", layers=(64,), lr=0.1, batch_size=16)
+    base = TrainConfig.from_flat(dataset="digits", layers=(64,), lr=0.1, batch_size=16)
     cc = ContinualConfig(base=base, n_tasks=3, k_pixels=40, epochs_per_task=2,
                          rules=("sgd", "grapes"))
     s = run_continual(cc, tmp_path, quiet=True, plots=True, dataset=_tiny_digits())
@@ -133,7 +133,8 @@ def test_continual_uses_the_shared_epoch_loop_and_keeps_work_on_ctrl_c(monkeypat
         return step(self, x, y, lr)
 
     monkeypatch.setattr(learning.Learner, "step", interrupting)
-    r = run_sequence(TrainConfig(dataset="digits", layers=(32,)), _tiny_digits(), n_tasks=3,
+    r = run_sequence(TrainConfig.from_flat(dataset="digits", layers=(32,)), _tiny_digits(),
+                     n_tasks=3,
                      k_pixels=20, epochs_per_task=2)
     assert r["status"] == "interrupted"
     assert [c["epoch"] for c in r["curve"]] == [0, 1, 2, 3, 4]

@@ -142,7 +142,7 @@ def test_training_on_split_noisy_arrays_learns_digits(tmp_path, monkeypatch):
             built.append(self)
 
     monkeypatch.setattr(analog, "SplitAnalogBackend", Spy)
-    r = run(TrainConfig(dataset="digits", layers=(32,), epochs=3, lr=0.1, seed=0,
+    r = run(TrainConfig.from_flat(dataset="digits", layers=(32,), epochs=3, lr=0.1, seed=0,
                         backend=str(path)))
     assert r["status"] == "ok"
     assert sorted(b.n_tiles for b in built) == [2, 8]

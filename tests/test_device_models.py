@@ -32,7 +32,7 @@ def test_shipped_model_loads_and_trains_digits(name):
     assert m.name == name and m.description
     if m.backend == "analog" and importlib.util.find_spec("aihwkit") is None:
         pytest.skip("aihwkit is not installed")
-    r = run(TrainConfig(dataset="digits", layers=(64,), epochs=1, lr=0.1, backend=name,
+    r = run(TrainConfig.from_flat(dataset="digits", layers=(64,), epochs=1, lr=0.1, backend=name,
                         seed=0))
     assert r["status"] == "ok"
     assert len(r["epochs"]) == 1 and r["epochs"][0]["train_loss"] is not None

@@ -167,8 +167,8 @@ def test_small_updates_lost_with_nearest_but_not_with_stochastic():
 
 def test_training_with_sub_half_step_lr_never_moves_nearest_weights():
     cfg = dict(dataset="digits", layers=(64,), epochs=1, lr=1e-5, seed=0)
-    assert run(TrainConfig(backend="fixed8-nearest", **cfg))["pulses_total"] == 0
-    assert run(TrainConfig(backend="fixed8", **cfg))["pulses_total"] > 0
+    assert run(TrainConfig.from_flat(backend="fixed8-nearest", **cfg))["pulses_total"] == 0
+    assert run(TrainConfig.from_flat(backend="fixed8", **cfg))["pulses_total"] > 0
 
 
 # ---- reproducibility and laziness ---------------------------------------------------------------
@@ -225,13 +225,14 @@ def test_velocity_format_grid_and_unbiased_stochastic():
 
 
 def test_velocity_bits_counted_and_trains():
-    r = run(TrainConfig(dataset="digits", layers=(64,), optimizer="momentum", lr=0.01,
+    r = run(TrainConfig.from_flat(dataset="digits", layers=(64,), optimizer="momentum", lr=0.01,
                         epochs=3, velocity_bits=8, seed=0))
     n = 64 * 64 + 64 * 10
     assert r["optimizer_state_bytes"] == n  # 8 bits each
     assert r["memory"]["optimizer_state_bytes"] == n
     assert r["best_test_acc"] > 0.85
-    r16 = run(TrainConfig(dataset="digits", layers=(64,), optimizer="nag", lr=0.01, epochs=1,
+    r16 = run(TrainConfig.from_flat(dataset="digits", layers=(64,), optimizer="nag", lr=0.01,
+                                    epochs=1,
                           velocity_bits=16, velocity_rounding="stochastic", seed=0))
     assert r16["optimizer_state_bytes"] == 2 * n
 
@@ -240,8 +241,8 @@ def test_velocity_bits_counted_and_trains():
 @pytest.mark.slow
 def test_fixed16_trains_digits_within_one_percent_of_float():
     cfg = dict(dataset="digits", layers=(256, 256, 256), epochs=10, lr=0.1, seed=0)
-    f = run(TrainConfig(backend="float32", **cfg))
-    q = run(TrainConfig(backend="fixed16", **cfg))
+    f = run(TrainConfig.from_flat(backend="float32", **cfg))
+    q = run(TrainConfig.from_flat(backend="fixed16", **cfg))
     assert q["status"] == "ok"
     assert q["best_test_acc"] >= f["best_test_acc"] - 0.01, (q["best_test_acc"],
                                                             f["best_test_acc"])

@@ -20,8 +20,8 @@ def test_the_documented_defaults():
 
 @pytest.mark.parametrize("optimizer", sorted(DEFAULT_LR))
 def test_unset_lr_resolves_to_the_optimizer_default(optimizer):
-    cfg = TrainConfig(optimizer=optimizer)
-    assert cfg.lr is None
+    cfg = TrainConfig.from_flat(optimizer=optimizer)
+    assert cfg.rule.lr is None
     cfg.check()  # None is a valid setting
     lr, source = cfg.resolved_lr()
     assert lr == default_lr(optimizer) and source == f"default for {optimizer}"
@@ -29,14 +29,14 @@ def test_unset_lr_resolves_to_the_optimizer_default(optimizer):
 
 
 def test_given_lr_wins():
-    assert TrainConfig(optimizer="adam", lr=0.05).resolved_lr() == (0.05, "given")
-    assert TrainConfig(lr=1).resolved_lr() == (1.0, "given")
+    assert TrainConfig.from_flat(optimizer="adam", lr=0.05).resolved_lr() == (0.05, "given")
+    assert TrainConfig.from_flat(lr=1).resolved_lr() == (1.0, "given")
 
 
 @pytest.mark.parametrize("lr", [0.0, -0.1, math.nan, math.inf, True, "0.1"])
 def test_bad_lr_names_the_option_and_the_default(lr):
     with pytest.raises(ConfigError) as e:
-        TrainConfig(lr=lr).check()
+        TrainConfig.from_flat(lr=lr).check()
     assert e.value.field == "lr"  # the Python field; the CLI says --lr
     assert "sgd 0.1" in e.value.message and "adam 0.001" in e.value.message
 
@@ -48,14 +48,14 @@ def test_unknown_optimizer_has_no_default():
 
 
 def test_mlp_run_trains_at_and_records_the_default():
-    r = run(TrainConfig(dataset="digits", layers=(16,), epochs=1, train_subset=200,
+    r = run(TrainConfig.from_flat(dataset="digits", layers=(16,), epochs=1, train_subset=200,
                         optimizer="rmsprop"))
     c = r["config"]
     assert (c["lr"], c["lr_source"], c["lr_effective"]) == (0.001, "default for rmsprop", 0.001)
 
 
 def test_lr_matched_scales_the_default():
-    r = run(TrainConfig(dataset="digits", layers=(16, 16), epochs=1, train_subset=200,
+    r = run(TrainConfig.from_flat(dataset="digits", layers=(16, 16), epochs=1, train_subset=200,
                         lr_matched=True))
     c = r["config"]
     assert c["lr"] == 0.1 and c["lr_source"] == "default for sgd"
@@ -63,7 +63,8 @@ def test_lr_matched_scales_the_default():
 
 
 def test_snu_run_records_the_default():
-    r = run(TrainConfig(dataset="digits", model="snu", layers=(16,), epochs=1, train_subset=100,
+    r = run(TrainConfig.from_flat(dataset="digits", model="snu", layers=(16,), epochs=1,
+                                  train_subset=100,
                         time_steps=4, test_time_steps=4, optimizer="momentum"))
     c = r["config"]
     assert (c["lr"], c["lr_source"], c["lr_effective"]) == (0.01, "default for momentum", 0.01)
@@ -74,7 +75,8 @@ def test_continual_run_records_the_default():
     from grapes_hw.training.continual import run_sequence
 
     data = load_dataset("digits", train_subset=100)
-    out = run_sequence(TrainConfig(dataset="digits", layers=(16,), optimizer="adam"), data,
+    out = run_sequence(TrainConfig.from_flat(dataset="digits", layers=(16,), optimizer="adam"),
+                       data,
                        n_tasks=2, k_pixels=10, epochs_per_task=1)
     assert out["lr_effective"] == 0.001
     assert out["config"]["lr"] == 0.001 and out["config"]["lr_source"] == "default for adam"

@@ -100,15 +100,17 @@ def test_result_records_unit_of_pulses_and_the_fit_verdict():
     from grapes_hw.training.config import TrainConfig
     from grapes_hw.training.train import run
 
-    r = run(TrainConfig(dataset="digits", layers=(16,), epochs=2, seed=0))
+    r = run(TrainConfig.from_flat(dataset="digits", layers=(16,), epochs=2, seed=0))
     assert r["pulses_unit"] == "writes" and r["pulses_total"] > 0
     assert "pulses_unit" not in r["memory"]
     assert r["dataset"]["n_classes"] == 10
     assert not r["plateau_fit"]["ok"] and "3 epochs" in r["plateau_fit"]["reason"]
     assert r["slowness"] is None
-    r = run(TrainConfig(dataset="digits", layers=(16,), epochs=1, backend="fixed8", bias=True))
+    r = run(TrainConfig.from_flat(dataset="digits", layers=(16,), epochs=1, backend="fixed8",
+                                  bias=True))
     assert r["pulses_unit"] == "cells changed + writes (bias)"
-    r = run(TrainConfig(dataset="digits", layers=(16,), epochs=1, backend="float32-read2"))
+    r = run(TrainConfig.from_flat(dataset="digits", layers=(16,), epochs=1,
+                                  backend="float32-read2"))
     assert r["pulses_unit"] == "writes"  # NoisyBackend forwards its inner backend's unit
 
 

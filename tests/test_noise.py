@@ -172,7 +172,7 @@ def test_stuck_cells_never_change_through_training(backend, optimizer):
     data = load_dataset("digits")
     x = torch.from_numpy(data.x_train).float()
     y = torch.from_numpy(data.y_train).long()
-    cfg = TrainConfig(dataset="digits", layers=(128, 128), seed=0)
+    cfg = TrainConfig.from_flat(dataset="digits", layers=(128, 128), seed=0)
     net = build_network(cfg, load_device_model(backend), x.shape[1], 10)
     opt = SGD() if optimizer == "sgd" else Momentum(0.9)
     learner = Learner(net, BP(net), GrapesParameters(mode="propagating"), opt)
@@ -201,8 +201,8 @@ def test_same_seed_same_noise_different_seed_differs():
                                      "fixed8-stuck1"])
 def test_same_seed_same_run_bit_for_bit(backend):
     cfg = dict(dataset="digits", layers=(32,), epochs=2, backend=backend, grapes="propagating")
-    a, b = run(TrainConfig(seed=3, **cfg)), run(TrainConfig(seed=3, **cfg))
-    c = run(TrainConfig(seed=4, **cfg))
+    a, b = run(TrainConfig.from_flat(seed=3, **cfg)), run(TrainConfig.from_flat(seed=3, **cfg))
+    c = run(TrainConfig.from_flat(seed=4, **cfg))
 
     def trace(r):
         return [(e["train_loss"], e["test_acc"], e["pulses"]) for e in r["epochs"]]

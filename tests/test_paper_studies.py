@@ -18,21 +18,22 @@ STUDIES = ROOT / "studies"
 
 
 def _rule(cfg) -> str:
-    if cfg.grapes != "off":
-        return f"grapes-{cfg.grapes}"
-    return "lr-matched" if cfg.lr_matched else "sgd"
+    if cfg.rule.grapes != "off":
+        return f"grapes-{cfg.rule.grapes}"
+    return "lr-matched" if cfg.rule.lr_matched else "sgd"
 
 
 def _common_paper_settings(cfg) -> None:
-    assert cfg.dataset == "fashion-mnist"  # the paper: MNIST, whose training set is not here
-    assert cfg.model == "mlp" and cfg.activation == "relu"
-    assert cfg.optimizer == "sgd" and cfg.lr == 0.001 and cfg.batch_size == 64
-    assert cfg.backend == "float32" and cfg.credit == "bp"
+    assert cfg.data.dataset == "fashion-mnist"  # the paper: MNIST, whose training set is not here
+    assert cfg.network.model == "mlp" and cfg.network.activation == "relu"
+    assert cfg.rule.optimizer == "sgd" and cfg.rule.lr == 0.001 and cfg.run.batch_size == 64
+    assert cfg.device.backend == "float32" and cfg.rule.credit == "bp"
 
 
 def test_depth_study_grid_is_the_fig4bc_protocol():
     st = load_study(STUDIES / "depth_scaling.toml", check_backends=False)
-    got = [(r.config.layers[0], len(r.config.layers), _rule(r.config), r.config.seed)
+    got = [(r.config.network.layers[0], len(r.config.network.layers), _rule(r.config),
+            r.config.run.seed)
            for r in st.runs]
     want = set(itertools.product((128, 256, 512), (2, 4, 6, 8, 10),
                                  ("sgd", "grapes-propagating", "lr-matched"), (0, 1, 2)))
@@ -42,29 +43,30 @@ def test_depth_study_grid_is_the_fig4bc_protocol():
     for r in st.runs:
         cfg = r.config
         _common_paper_settings(cfg)
-        assert len(set(cfg.layers)) == 1  # one width per network
-        assert cfg.dropout == 0.1
-        assert cfg.epochs >= 50
-        assert cfg.grapes_lower == 1.0 and not cfg.bias
+        assert len(set(cfg.network.layers)) == 1  # one width per network
+        assert cfg.network.dropout == 0.1
+        assert cfg.run.epochs >= 50
+        assert cfg.rule.grapes_lower == 1.0 and not cfg.network.bias
     quick = load_study(STUDIES / "depth_scaling.toml", quick=True, check_backends=False)
-    assert {r.config.dataset for r in quick.runs} == {"digits"}
-    assert len(quick.runs) <= 12 and {r.config.seed for r in quick.runs} == {0}
+    assert {r.config.data.dataset for r in quick.runs} == {"digits"}
+    assert len(quick.runs) <= 12 and {r.config.run.seed for r in quick.runs} == {0}
 
 
 def test_convergence_study_is_the_fig4a_protocol():
     st = load_study(STUDIES / "convergence.toml", check_backends=False)
-    got = {(_rule(r.config), r.config.seed) for r in st.runs}
+    got = {(_rule(r.config), r.config.run.seed) for r in st.runs}
     assert len(st.runs) == 9
     assert got == set(itertools.product(("sgd", "grapes-propagating", "lr-matched"), (0, 1, 2)))
     for r in st.runs:
         _common_paper_settings(r.config)
-        assert r.config.layers == (256,) * 10
-        assert r.config.dropout == 0.0 and r.config.epochs >= 100
+        assert r.config.network.layers == (256,) * 10
+        assert r.config.network.dropout == 0.0 and r.config.run.epochs >= 100
 
 
 def test_snu_study_is_the_fig7a_protocol():
     st = load_study(STUDIES / "snu.toml", check_backends=False)
-    got = {(r.config.model, tuple(r.config.layers), r.config.grapes, r.config.seed)
+    got = {(r.config.network.model, tuple(r.config.network.layers), r.config.rule.grapes,
+            r.config.run.seed)
            for r in st.runs}
     models = {("snu", (256, 256, 256)), ("ssnu", (256, 256))}  # the paper's depths
     assert len(st.runs) == 12
@@ -72,12 +74,12 @@ def test_snu_study_is_the_fig7a_protocol():
                    itertools.product(models, ("off", "propagating"), (0, 1, 2))}
     for r in st.runs:
         cfg = r.config
-        assert cfg.dataset == "fashion-mnist" and cfg.optimizer == "sgd"
+        assert cfg.data.dataset == "fashion-mnist" and cfg.rule.optimizer == "sgd"
         assert cfg.resolved_lr() == (0.1, "default for sgd")  # the SNU defaults' lr
-        assert cfg.time_steps == 20 and cfg.test_time_steps > cfg.time_steps
+        assert cfg.network.time_steps == 20 and cfg.network.test_time_steps > cfg.network.time_steps
         assert cfg.extra == {}  # the package's SNU defaults
     quick = load_study(STUDIES / "snu.toml", quick=True, check_backends=False)
-    assert {r.config.dataset for r in quick.runs} == {"digits"} and len(quick.runs) == 4
+    assert {r.config.data.dataset for r in quick.runs} == {"digits"} and len(quick.runs) == 4
 
 
 def _paper_section() -> str:
@@ -115,16 +117,16 @@ def test_readme_continual_commands_are_the_papers_settings(monkeypatch):
     assert len({out for _, out in seen}) == 2  # one results folder per K
     for cc, _ in seen:
         cc.check()
-        b = cc.base
-        assert b.dataset == "fashion-mnist" and b.model == "mlp"
-        assert b.layers == (256, 256, 256) and b.activation == "relu"
-        assert b.dropout == 0.1 and b.optimizer == "sgd" and b.lr == 0.001
-        assert b.batch_size == 64
+        b = cc.base.flat()
+        assert b["dataset"] == "fashion-mnist" and b["model"] == "mlp"
+        assert b["layers"] == (256, 256, 256) and b["activation"] == "relu"
+        assert b["dropout"] == 0.1 and b["optimizer"] == "sgd" and b["lr"] == 0.001
+        assert b["batch_size"] == 64
         assert cc.n_tasks == 5 and cc.epochs_per_task == 10 and cc.k_pixels is None
         assert cc.rules == ("sgd", "grapes") and cc.seeds == (0, 1, 2)
         assert cc.backends == ("float32",)
         for rule in cc.rules:  # the dropout reaches every rule's run
-            assert cc.rule_config(rule, "float32", 0).dropout == 0.1
+            assert cc.rule_config(rule, "float32", 0).network.dropout == 0.1
 
 
 @pytest.mark.parametrize("name", ["depth_scaling", "convergence", "snu"])

@@ -21,20 +21,21 @@ from grapes_hw.studies.tuning import final_runs, tuning_plan  # noqa: E402
 def test_pcm_insitu_full_schema_and_quick_tuning_plan():
     full = load_study("pcm_insitu")
     groups, links, tune_runs = tuning_plan(full)
-    backends = {s.config.backend for s in full.runs}
+    backends = {s.config.device.backend for s in full.runs}
     assert backends == {"float32", "idealized-insitu", "pcm-unitcell", "pcm-insitu"}
-    assert {s.config.seed for s in full.runs} == {0, 1, 2}
-    assert all(s.config.dataset == "fashion-mnist" and s.config.epochs >= 10 for s in full.runs)
+    assert {s.config.run.seed for s in full.runs} == {0, 1, 2}
+    assert all(s.config.data.dataset == "fashion-mnist" and s.config.run.epochs >= 10
+               for s in full.runs)
     assert len(groups) == 4 * 6 and len(links) == 4  # lr-matched takes GRAPES' tuned lr
     assert len(tune_runs) == 4 * 5 * len(full.tune.values)
-    assert all(r.config.val_fraction > 0 for r in tune_runs)
+    assert all(r.config.data.val_fraction > 0 for r in tune_runs)
     quick = load_study("pcm_insitu", quick=True)
-    assert {s.config.dataset for s in quick.runs} == {"digits"}
+    assert {s.config.data.dataset for s in quick.runs} == {"digits"}
 
 
 def test_pcm_drift_quick_runs_with_tuning_and_drift(tmp_path):
     st = load_study("pcm_drift", quick=True)
-    assert {s.config.backend for s in st.runs} == {"pcm-inference"}
+    assert {s.config.device.backend for s in st.runs} == {"pcm-inference"}
     out = tmp_path / "drift"
     s = run_sweep(st, out=str(out), workers=1, quiet=True)
     assert s.statuses.get("error", 0) == 0
@@ -51,16 +52,16 @@ def test_pcm_drift_quick_runs_with_tuning_and_drift(tmp_path):
 
 def test_crossbar_schema_and_one_quick_result():
     full = load_study("crossbar")
-    backends = {s.config.backend for s in full.runs}
+    backends = {s.config.device.backend for s in full.runs}
     assert backends >= {"pcm-insitu-dac4", "pcm-insitu-dac5", "pcm-insitu-dac6",
                         "pcm-insitu-adc6", "pcm-insitu-adc7", "pcm-insitu-adc8",
                         "pcm-insitu-outnoise0", "pcm-insitu-outnoise20", "pcm-insitu-irdrop",
                         "pcm-insitu-tile128", "pcm-insitu-tile256"}
-    rules = {(s.config.optimizer, s.config.grapes) for s in full.runs}
+    rules = {(s.config.rule.optimizer, s.config.rule.grapes) for s in full.runs}
     assert rules == {("sgd", "off"), ("momentum", "off"), ("sgd", "propagating")}
-    assert {s.config.seed for s in full.runs} == {0, 1}
+    assert {s.config.run.seed for s in full.runs} == {0, 1}
     quick = load_study("crossbar", quick=True)
-    spec = next(s for s in quick.runs if s.config.backend == "pcm-insitu-dac4")
+    spec = next(s for s in quick.runs if s.config.device.backend == "pcm-insitu-dac4")
     rec = run_one(spec.config_dict(), spec.key, threads=1)
     assert rec["status"] == "ok" and rec["best_test_acc"] > 0.15
     assert rec["pulses_unit"].startswith("estimated programming steps")
@@ -75,4 +76,4 @@ def test_final_runs_take_the_chosen_value():
     groups, _, _ = tuning_plan(st)
     choices = {g: Choice(g, 0.02) for g in groups}
     runs, waiting = final_runs(st, choices)
-    assert waiting == 0 and {r.config.lr for r in runs} == {0.02}
+    assert waiting == 0 and {r.config.rule.lr for r in runs} == {0.02}

@@ -195,14 +195,14 @@ def _digits_cfg(**kw):
     base = dict(dataset="digits", model="snu", layers=(48,), lr=0.3, epochs=3, batch_size=32,
                 time_steps=8, test_time_steps=8, train_subset=800, seed=0)
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig.from_flat(**base)
 
 
 def test_snu_learns_rate_coded_digits_and_result_keys():
     r = run(_digits_cfg(grapes="propagating"))
     assert r["status"] == "ok"
     assert r["best_test_acc"] > 0.5, r["epochs"]  # chance is 0.1
-    mlp = run(TrainConfig(dataset="digits", layers=(8,), epochs=1, train_subset=100))
+    mlp = run(TrainConfig.from_flat(dataset="digits", layers=(8,), epochs=1, train_subset=100))
     assert set(r) == set(mlp)
     assert set(r["epochs"][0]) == set(mlp["epochs"][0])
     assert r["memory"]["n_weights"] == 64 * 48 + 48 * 10
@@ -286,13 +286,13 @@ def _first_output_update(readout_scale):
     from grapes_hw.training.driver import build_optimizer
     from grapes_hw.training.train import build_snu_network
 
-    cfg = TrainConfig(model="snu", extra={"snu": {"readout_scale": readout_scale}})
+    cfg = TrainConfig.from_flat(model="snu", extra={"snu": {"readout_scale": readout_scale}})
     data = load_dataset("digits", seed=0)
     x = torch.from_numpy(np.ascontiguousarray(data.x_train[:64], dtype=np.float32))
     yy = torch.from_numpy(np.asarray(data.y_train[:64], dtype=np.int64))
     net = build_snu_network(cfg, load_device_model("float32"), 64, 10)
     w0 = net.layers[-1].backend.read().clone()
-    SNULearner(net, cfg.grapes_params(), build_optimizer(cfg), cfg.time_steps,
+    SNULearner(net, cfg.grapes_params(), build_optimizer(cfg), cfg.network.time_steps,
                torch.Generator().manual_seed(1)).step(x, yy, 0.1)  # a full batch
     return float((net.layers[-1].backend.read() - w0).norm() / w0.norm())
 
@@ -312,7 +312,8 @@ def test_default_readout_keeps_output_updates_mlp_sized():
 def test_snu_defaults_learn_digits_without_collapse(seed):
     # the default SNU (decay, threshold, readout, floor; SGD at its default lr 0.1), small:
     # 2 x 128, 5 epochs (~4 s). Before the fixes the default run fell to 0.102 at epoch 3.
-    r = run(TrainConfig(dataset="digits", model="snu", layers=(128, 128), epochs=5, seed=seed))
+    r = run(TrainConfig.from_flat(dataset="digits", model="snu", layers=(128, 128), epochs=5,
+                                  seed=seed))
     accs = [e["test_acc"] for e in r["epochs"]]
     assert r["status"] == "ok"
     assert r["config"]["lr"] == 0.1 and r["config"]["lr_source"] == "default for sgd"

@@ -54,16 +54,16 @@ def test_axes_seeds_variants_exclude_expand():
     # 3 seeds x (3 grapes x 2 layers x 2 variants = 12, minus 4 momentum+GRAPES, minus the
     # sgd-local run with [8, 8]) = 3 x 7
     assert len(cfgs) == 21
-    combos = {(c.optimizer, c.lr, c.grapes, c.layers) for c in cfgs}
+    combos = {(c.rule.optimizer, c.rule.lr, c.rule.grapes, c.network.layers) for c in cfgs}
     assert ("momentum", 0.01, "off", (16,)) in combos
     assert not any(o == "momentum" and g != "off" for o, _, g, _ in combos)
     assert ("sgd", 0.1, "local", (8, 8)) not in combos
-    assert all((c.optimizer == "sgd") == (c.lr == 0.1) for c in cfgs)  # linked lr
-    assert sorted({c.seed for c in cfgs}) == [0, 1, 2]
+    assert all((c.rule.optimizer == "sgd") == (c.rule.lr == 0.1) for c in cfgs)  # linked lr
+    assert sorted({c.run.seed for c in cfgs}) == [0, 1, 2]
     # seeds outermost: every group's seed 0 comes before any seed 1
-    seeds = [c.seed for c in cfgs]
+    seeds = [c.run.seed for c in cfgs]
     assert seeds == sorted(seeds)
-    assert all(isinstance(c, TrainConfig) and c.epochs == 1 for c in cfgs)
+    assert all(isinstance(c, TrainConfig) and c.run.epochs == 1 for c in cfgs)
 
 
 def test_zip_equals_variants_and_quick_pins():
@@ -81,7 +81,8 @@ def test_zip_equals_variants_and_quick_pins():
               "quick": {"dataset": "digits", "epochs": 2, "seeds": 2,
                         "axes": {"grapes": ["off"]}, "lr": 0.05}}, quick=True)
     assert len(q.runs) == 2  # lr pinned, grapes reduced, 2 seeds
-    assert all(r.config.dataset == "digits" and r.config.epochs == 2 and r.config.lr == 0.05
+    assert all(r.config.data.dataset == "digits" and r.config.run.epochs == 2
+               and r.config.rule.lr == 0.05
                for r in q.runs)
 
 
@@ -90,19 +91,19 @@ def test_run_keys_stable_and_distinct():
                                       "seed": [0, 1]}})
     s2 = grid({"axes": {"seed": [1, 0], "grapes": ["local", "off"], "lr": [0.05, 0.1]},
                "base": dict(reversed(list(TINY.items())))})
-    k1 = {r.key: (r.config.lr, r.config.grapes, r.config.seed) for r in s1.runs}
-    k2 = {r.key: (r.config.lr, r.config.grapes, r.config.seed) for r in s2.runs}
+    k1 = {r.key: (r.config.rule.lr, r.config.rule.grapes, r.config.run.seed) for r in s1.runs}
+    k2 = {r.key: (r.config.rule.lr, r.config.rule.grapes, r.config.run.seed) for r in s2.runs}
     assert k1 == k2 and len(k1) == 8  # same configs, same keys, whatever the order
     # the key is a function of the config alone
-    cfg = TrainConfig(dataset="digits", layers=(16,), epochs=1, lr=0.1, download=False)
-    assert run_key(cfg) == run_key(TrainConfig(dataset="digits", layers=(16,), epochs=1,
+    cfg = TrainConfig.from_flat(dataset="digits", layers=(16,), epochs=1, lr=0.1, download=False)
+    assert run_key(cfg) == run_key(TrainConfig.from_flat(dataset="digits", layers=(16,), epochs=1,
                                                lr=0.1, download=True))  # not in the key
     assert run_key(cfg) in k1
-    others = [TrainConfig(dataset="digits", layers=(16,), epochs=1, lr=0.1, seed=1),
-              TrainConfig(dataset="digits", layers=(16,), epochs=2, lr=0.1),
-              TrainConfig(dataset="digits", layers=(16, 16), epochs=1, lr=0.1),
-              TrainConfig(dataset="digits", layers=(16,), epochs=1, lr=0.1000001),
-              TrainConfig(dataset="digits", layers=(16,), epochs=1, lr=0.1,
+    others = [TrainConfig.from_flat(dataset="digits", layers=(16,), epochs=1, lr=0.1, seed=1),
+              TrainConfig.from_flat(dataset="digits", layers=(16,), epochs=2, lr=0.1),
+              TrainConfig.from_flat(dataset="digits", layers=(16, 16), epochs=1, lr=0.1),
+              TrainConfig.from_flat(dataset="digits", layers=(16,), epochs=1, lr=0.1000001),
+              TrainConfig.from_flat(dataset="digits", layers=(16,), epochs=1, lr=0.1,
                           extra={"optimizer": {"state_bits": 8}})]
     keys = {run_key(c) for c in others} | {run_key(cfg)}
     assert len(keys) == len(others) + 1
@@ -360,10 +361,10 @@ def test_shipped_studies_expand_and_validate(path, quick):
         pass
     elif quick:  # minutes: small data, few epochs, 1-2 seeds
         assert len(st.runs) <= 40
-        assert all(r.config.dataset == "digits" or r.config.train_subset for r in st.runs)
-        assert all(r.config.epochs <= 10 and r.config.seed <= 1 for r in st.runs)
+        assert all(r.config.data.dataset == "digits" or r.config.data.train_subset for r in st.runs)
+        assert all(r.config.run.epochs <= 10 and r.config.run.seed <= 1 for r in st.runs)
     else:
-        seeds = {r.config.seed for r in st.runs}
+        seeds = {r.config.run.seed for r in st.runs}
         # mean, std and a p value: 3 seeds; the 12-device crossbar study has 2 (issue 12)
         assert seeds == set(range(len(seeds))) and len(seeds) >= (2 if path.stem == "crossbar"
                                                                   else 3)

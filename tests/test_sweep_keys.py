@@ -56,7 +56,7 @@ def test_relative_device_path_resolves_against_the_study_file(tmp_path, monkeypa
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # no devs/ here
     st = load_study(study)
-    paths = {r.config.backend for r in st.runs}
+    paths = {r.config.device.backend for r in st.runs}
     assert str((tmp_path / "devs" / "fixed5-read3.toml").resolve()) in paths
 
 
@@ -75,7 +75,7 @@ def test_key_follows_device_content_not_its_path(tmp_path):
     (tmp_path / "devs" / "fixed5-read3.toml").write_text(DEVICE.format(sigma=0.2))
     st = load_study(study)
     keys_b = {r.key for r in st.runs}
-    float_keys = {r.key for r in st.runs if r.config.backend == "float32"}
+    float_keys = {r.key for r in st.runs if r.config.device.backend == "float32"}
     assert keys_a & keys_b == float_keys and len(float_keys) == 2
 
 
@@ -122,11 +122,11 @@ def test_changed_shipped_model_content_is_reported_stale(tmp_path):
 def test_lr_enters_the_key_resolved():
     """Two runs at different learning rates never share a key, whether the rate was given
     or is the optimizer's default; lr 0.1 keeps the keys of the committed results."""
-    sgd_default = TrainConfig(optimizer="sgd", lr=None)
-    sgd_01 = TrainConfig(optimizer="sgd", lr=0.1)
-    mom_default = TrainConfig(optimizer="momentum", lr=None)
-    mom_001 = TrainConfig(optimizer="momentum", lr=0.01)
-    mom_01 = TrainConfig(optimizer="momentum", lr=0.1)
+    sgd_default = TrainConfig.from_flat(optimizer="sgd", lr=None)
+    sgd_01 = TrainConfig.from_flat(optimizer="sgd", lr=0.1)
+    mom_default = TrainConfig.from_flat(optimizer="momentum", lr=None)
+    mom_001 = TrainConfig.from_flat(optimizer="momentum", lr=0.01)
+    mom_01 = TrainConfig.from_flat(optimizer="momentum", lr=0.1)
     assert run_key(sgd_default) == run_key(sgd_01)
     assert run_key(mom_default) == run_key(mom_001)
     assert run_key(mom_01) != run_key(mom_001)

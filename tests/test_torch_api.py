@@ -86,7 +86,7 @@ def test_torch_mlp_with_grapes_equals_the_engine(digits, mode, optimizer, lr):
     ``v <- gamma v + lr g; W <- W - v`` is torch's ``b <- gamma b + g; W <- W - lr b`` with
     ``v = lr b`` (constant lr, no dampening): equal up to rounding."""
     x, y = digits
-    cfg = TrainConfig(layers=(32, 32), seed=0)
+    cfg = TrainConfig.from_flat(layers=(32, 32), seed=0)
     net = build_network(cfg, FLOAT64, 64, 10)
     w0 = [layer.backend.read().clone() for layer in net.layers]
     assert all(w.dtype == torch.float64 for w in w0)
@@ -441,8 +441,8 @@ def test_backend_device_model_object_runs_like_its_toml():
 
     model = DeviceModel(name="my-fixed6", description="6-bit weights built in Python",
                         backend="fixed", params=FixedParams(bits=6, rounding="stochastic"))
-    by_object = run(TrainConfig(backend=model, **SMALL))
-    by_name = run(TrainConfig(backend="fixed6", **SMALL))
+    by_object = run(TrainConfig.from_flat(backend=model, **SMALL))
+    by_name = run(TrainConfig.from_flat(backend="fixed6", **SMALL))
     assert set(by_object) == set(by_name)  # the full result, as the CLI writes it
     _same_training(by_object, by_name)
     assert by_object["config"]["backend"] == "my-fixed6"
@@ -462,8 +462,8 @@ def test_backend_rpu_config_object_gives_a_full_result(tmp_path):
     toml = tmp_path / "fp.toml"
     toml.write_text('name = "fp"\ndescription = "FloatingPoint tile"\nbackend = "analog"\n'
                     '[analog]\nrpu_config = "FloatingPointRPUConfig"\n')
-    by_object = run(TrainConfig(backend=FloatingPointRPUConfig(), **SMALL))
-    by_path = run(TrainConfig(backend=toml, **SMALL))  # a pathlib.Path
+    by_object = run(TrainConfig.from_flat(backend=FloatingPointRPUConfig(), **SMALL))
+    by_path = run(TrainConfig.from_flat(backend=toml, **SMALL))  # a pathlib.Path
     assert set(by_object) == set(by_path)
     _same_training(by_object, by_path)  # a deterministic tile: the same run either way
     assert by_object["config"]["backend"] == "FloatingPointRPUConfig"
@@ -475,7 +475,7 @@ def test_backend_rpu_config_object_gives_a_full_result(tmp_path):
     # The backend's own settings with the object: arrays of at most 16 x 16 cells.
     split = device_model_from_rpu_config(FloatingPointRPUConfig(), name="fp-16",
                                          params=AnalogParams(tile_size=16))
-    r16 = run(TrainConfig(backend=split, **SMALL))
+    r16 = run(TrainConfig.from_flat(backend=split, **SMALL))
     assert r16["config"]["backend"] == "fp-16" and r16["device_model"]["params"]["tile_size"] == 16
     for a, b in zip(r16["epochs"], by_object["epochs"], strict=True):  # partial sums: rounding
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
@@ -483,7 +483,7 @@ def test_backend_rpu_config_object_gives_a_full_result(tmp_path):
     cfg = PCMPreset()
     cfg.forward.out_noise = 0.0123  # a user's own setting
     before = repr(cfg)
-    r = run(TrainConfig(backend=cfg, **SMALL))
+    r = run(TrainConfig.from_flat(backend=cfg, **SMALL))
     json.dumps(r)
     assert repr(cfg) == before  # the user's config object is not changed by the run
     assert "out_noise=0.0123" in r["device_model"]["extra"]["rpu_config"]
@@ -494,7 +494,7 @@ def test_backend_rpu_config_object_gives_a_full_result(tmp_path):
 
 def test_backend_of_another_type_names_the_field():
     with pytest.raises(ConfigError, match="^backend: got a int"):
-        run(TrainConfig(backend=3, **SMALL))
+        run(TrainConfig.from_flat(backend=3, **SMALL))
 
 
 def test_the_torch_submodule_does_not_shadow_torch():

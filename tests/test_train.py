@@ -19,7 +19,7 @@ from grapes_hw.training.train import run
     ("momentum", "propagating", 0.01),
 ])
 def test_digits_3x256_reaches_95_percent(optimizer, grapes, lr):
-    r = run(TrainConfig(dataset="digits", layers=(256, 256, 256), optimizer=optimizer,
+    r = run(TrainConfig.from_flat(dataset="digits", layers=(256, 256, 256), optimizer=optimizer,
                         grapes=grapes, lr=lr, epochs=10, seed=0))
     assert r["status"] == "ok"
     assert r["best_test_acc"] >= 0.95, r["best_test_acc"]
@@ -30,7 +30,7 @@ def test_digits_3x256_reaches_95_percent(optimizer, grapes, lr):
 def test_divergence_stops_cleanly_and_is_marked():
     # lr 1e12 overflows float32 within the first epoch (lr 1e4 merely kills every ReLU
     # and leaves a finite loss of ln 10, which is not divergence).
-    r = run(TrainConfig(dataset="digits", layers=(64, 64), optimizer="momentum", lr=1e12,
+    r = run(TrainConfig.from_flat(dataset="digits", layers=(64, 64), optimizer="momentum", lr=1e12,
                         momentum=0.99, epochs=20, seed=0))
     assert r["status"] == "diverged"
     assert 1 <= r["diverged_epoch"] < 20
@@ -41,14 +41,15 @@ def test_divergence_stops_cleanly_and_is_marked():
 
 def test_same_seed_same_run_different_seed_differs():
     cfg = dict(dataset="digits", layers=(32,), epochs=2, grapes="propagating")
-    a, b = run(TrainConfig(seed=3, **cfg)), run(TrainConfig(seed=3, **cfg))
-    c = run(TrainConfig(seed=4, **cfg))
+    a, b = run(TrainConfig.from_flat(seed=3, **cfg)), run(TrainConfig.from_flat(seed=3, **cfg))
+    c = run(TrainConfig.from_flat(seed=4, **cfg))
     assert [e["train_loss"] for e in a["epochs"]] == [e["train_loss"] for e in b["epochs"]]
     assert [e["train_loss"] for e in a["epochs"]] != [e["train_loss"] for e in c["epochs"]]
 
 
 def test_lr_matched_scales_lr_by_mean_factor_at_init():
-    r = run(TrainConfig(dataset="digits", layers=(64, 64), epochs=1, lr=0.1, lr_matched=True))
+    r = run(TrainConfig.from_flat(dataset="digits", layers=(64, 64), epochs=1, lr=0.1,
+                                  lr_matched=True))
     scale = r["config"]["lr_scale"]
     assert 1.0 < scale <= 2.0
     assert r["config"]["lr_effective"] == pytest.approx(0.1 * scale)
@@ -81,7 +82,8 @@ def test_lr_matched_equals_plain_sgd_at_the_scaled_lr():
     from grapes_hw.rules.credit import make_credit
     from grapes_hw.training.driver import build_network
 
-    cfg = TrainConfig(dataset="digits", layers=(64, 32), epochs=2, lr=0.1, lr_matched=True,
+    cfg = TrainConfig.from_flat(dataset="digits", layers=(64, 32), epochs=2, lr=0.1,
+                                lr_matched=True,
                       seed=2)
     net = build_network(cfg, load_device_model("float32"), 64, 10)
     credit = make_credit("bp", net, torch.Generator().manual_seed(0))
@@ -89,7 +91,7 @@ def test_lr_matched_equals_plain_sgd_at_the_scaled_lr():
     scale = mean_factor(rows, 1.0)
     assert scale == pytest.approx(mean_factor([credit.importance(l) for l in range(2)], 1.0))
     matched = run(cfg)
-    plain = run(TrainConfig(dataset="digits", layers=(64, 32), epochs=2, lr=0.1 * scale,
+    plain = run(TrainConfig.from_flat(dataset="digits", layers=(64, 32), epochs=2, lr=0.1 * scale,
                             seed=2))
     assert matched["config"]["lr_scale"] == pytest.approx(scale, rel=1e-6)
     assert [e["train_loss"] for e in matched["epochs"]] == pytest.approx(
@@ -112,7 +114,7 @@ def test_ctrl_c_mid_epoch_keeps_the_finished_epochs(monkeypatch):
         return step(self, x, y, lr)
 
     monkeypatch.setattr(learning.Learner, "step", interrupting)
-    r = run(TrainConfig(dataset="digits", layers=(32,), epochs=5, seed=0))
+    r = run(TrainConfig.from_flat(dataset="digits", layers=(32,), epochs=5, seed=0))
     assert r["status"] == "interrupted"
     assert [e["epoch"] for e in r["epochs"]] == [1, 2]
     assert "partial" not in r["epochs"][0] and r["epochs"][1]["partial"] is True
@@ -129,14 +131,14 @@ def test_one_driver_for_every_model(monkeypatch):
     real = runloop.train_loop
 
     def counting(*a, **kw):
-        loops.append(a[2].model)
+        loops.append(a[2].network.model)
         return real(*a, **kw)
 
     monkeypatch.setattr(runloop, "train_loop", counting)
     keys = {}
     for model in MODELS:
         extra = {"conv": "4:3"} if model == "cnn" else {}
-        r = run(TrainConfig(dataset="digits", model=model, layers=(16,), epochs=1,
+        r = run(TrainConfig.from_flat(dataset="digits", model=model, layers=(16,), epochs=1,
                             train_subset=256, time_steps=4, test_time_steps=4, **extra))
         assert r["status"] == "ok", model
         keys[model] = set(r)

@@ -75,8 +75,8 @@ def test_plan_groups_links_and_tuning_runs():
     assert len(runs) == 2 * 2 * 2  # 2 tuned groups x 2 values x 2 tuning seeds
     for r in runs:
         assert r.phase == "tune"
-        assert r.config.val_fraction == 0.25 and r.config.train_subset == 600
-        assert r.config.epochs == 1 and r.config.lr in (0.001, 0.2)
+        assert r.config.data.val_fraction == 0.25 and r.config.data.train_subset == 600
+        assert r.config.run.epochs == 1 and r.config.rule.lr in (0.001, 0.2)
     # nothing done: every study run waits
     choices, missing = tuning_choices(st, {})
     assert choices == {} and len(missing) == 8

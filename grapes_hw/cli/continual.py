@@ -111,7 +111,8 @@ def cmd_continual(args: argparse.Namespace) -> int:
     from grapes_hw.training.config import TrainConfig
     from grapes_hw.training.continual import ContinualConfig, run_continual
 
-    base = TrainConfig(dataset=args.dataset, layers=tuple(args.layers), activation=args.activation,
+    base = TrainConfig.from_flat(dataset=args.dataset, layers=tuple(args.layers),
+                                 activation=args.activation,
                        optimizer=args.optimizer, credit=args.credit, lr=args.lr,
                        momentum=args.momentum, batch_size=args.batch_size,
                        dropout=args.dropout,

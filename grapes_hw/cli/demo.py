@@ -32,7 +32,7 @@ class DemoRun:
 def _base(**kw) -> TrainConfig:
     base = dict(dataset="digits", layers=(256, 256, 256), epochs=20, batch_size=64, seed=0)
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig.from_flat(**base)
 
 
 DEMO_RUNS: list[DemoRun] = [
@@ -78,9 +78,8 @@ def run_demo(out_dir: str = "demo_out", quick: bool = False) -> int:
                 continue
             cfg = d.config
             if quick:
-                from dataclasses import replace
 
-                cfg = replace(cfg, epochs=min(cfg.epochs, d.quick_epochs))
+                cfg = cfg.replace(epochs=min(cfg.run.epochs, d.quick_epochs))
             t0 = time.perf_counter()
             r = run(cfg)
             r["label"] = d.label

@@ -141,7 +141,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace):
     from grapes_hw.training.config import TrainConfig
 
-    return TrainConfig(
+    return TrainConfig.from_flat(
         dataset=args.dataset, layers=tuple(args.layers), activation=args.activation,
         backend=args.backend, optimizer=args.optimizer, grapes=args.grapes, credit=args.credit,
         lr=args.lr, momentum=args.momentum, batch_size=args.batch_size, epochs=args.epochs,
@@ -185,11 +185,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     cfg.check()
-    if cfg.data_dir is not None and cfg.dataset == "digits":
+    if cfg.data.data_dir is not None and cfg.data.dataset == "digits":
         raise ConfigError("--data-dir", "digits comes with scikit-learn and is not read from "
                                         "files; --data-dir applies to --dataset fashion-mnist "
                                         "and mnist")
-    load_device_model(cfg.backend)  # fail fast on a bad --backend
+    load_device_model(cfg.device.backend)  # fail fast on a bad --backend
     if args.out:
         check_writable(args.out)
 

@@ -142,23 +142,25 @@ def feature_shapes(layers: list[ConvLayerSpec], in_shape: tuple[int, int, int],
 
 
 def resolved_conv(cfg) -> str:
-    """The conv spec a ``--model cnn`` run uses (``cfg.conv`` or the default)."""
-    return DEFAULT_CONV if cfg.conv is None else cfg.conv
+    """The conv spec a ``--model cnn`` run uses (``cfg.network.conv`` or the default)."""
+    return DEFAULT_CONV if cfg.network.conv is None else cfg.network.conv
 
 
 def check_config(cfg) -> None:
     """The CNN constraints on a TrainConfig (called by ``TrainConfig.check``)."""
-    if cfg.model != "cnn":
-        require(cfg.conv is None, "conv",
-                f"applies to model 'cnn'; got model {cfg.model!r} with conv {cfg.conv!r}")
+    if cfg.network.model != "cnn":
+        require(cfg.network.conv is None, "conv",
+                f"applies to model 'cnn'; got model {cfg.network.model!r} with conv "
+                f"{cfg.network.conv!r}")
         return
     layers = parse_conv(resolved_conv(cfg))
-    if cfg.dataset in IMAGE_SHAPES:
-        feature_shapes(layers, (1, *IMAGE_SHAPES[cfg.dataset]))
-    require(cfg.credit in CREDITS, "credit",
-            f"got {cfg.credit!r}; model 'cnn' supports {', '.join(CREDITS)} (DFA is not "
+    if cfg.data.dataset in IMAGE_SHAPES:
+        feature_shapes(layers, (1, *IMAGE_SHAPES[cfg.data.dataset]))
+    require(cfg.rule.credit in CREDITS, "credit",
+            f"got {cfg.rule.credit!r}; model 'cnn' supports {', '.join(CREDITS)} (DFA is not "
             "implemented for convolutions)")
-    require(cfg.dropout == 0, "dropout", f"got {cfg.dropout}; model 'cnn' has no dropout")
+    require(cfg.network.dropout == 0, "dropout",
+            f"got {cfg.network.dropout}; model 'cnn' has no dropout")
 
 
 

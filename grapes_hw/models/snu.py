@@ -217,13 +217,14 @@ def snu_params(cfg) -> SNUParams:
 
 def check_config(cfg) -> None:
     """The SNU-specific constraints on a TrainConfig (called by ``TrainConfig.check``)."""
-    require(cfg.model in MODELS, "model",
-            f"got {cfg.model!r}; allowed values: {', '.join(MODELS)}")
-    if cfg.model == "mlp":
+    require(cfg.network.model in MODELS, "model",
+            f"got {cfg.network.model!r}; allowed values: {', '.join(MODELS)}")
+    if cfg.network.model == "mlp":
         return
-    require(cfg.credit == "bp", "credit",
-            f"got {cfg.credit!r}; model {cfg.model!r} supports bp only")
-    require(cfg.dropout == 0, "dropout", f"got {cfg.dropout}; model {cfg.model!r} has no dropout")
+    require(cfg.rule.credit == "bp", "credit",
+            f"got {cfg.rule.credit!r}; model {cfg.network.model!r} supports bp only")
+    require(cfg.network.dropout == 0, "dropout",
+            f"got {cfg.network.dropout}; model {cfg.network.model!r} has no dropout")
     snu_params(cfg)
 
 

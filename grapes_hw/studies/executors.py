@@ -42,7 +42,7 @@ def run_one(config: dict, key: str, threads: int | None = None) -> dict:
 
         if threads:
             _limit_threads(int(threads))
-        cfg = TrainConfig(**{**config, "layers": tuple(config["layers"])})
+        cfg = TrainConfig.from_flat(**{**config, "layers": tuple(config["layers"])})
         result = run(cfg)
     except Exception as e:  # noqa: BLE001 - a failing run is recorded, the sweep goes on
         rec = error_record(key, config, traceback.format_exc(), type(e).__name__,

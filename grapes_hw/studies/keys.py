@@ -19,8 +19,8 @@ KEY_EXCLUDED_FIELDS = ("data_dir", "download")
 
 
 def config_to_dict(cfg) -> dict:
-    d = to_dict(cfg)
-    d["layers"] = [int(v) for v in cfg.layers]
+    d = to_dict(cfg.flat())
+    d["layers"] = [int(v) for v in cfg.network.layers]
     return d
 
 

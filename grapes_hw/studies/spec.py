@@ -8,12 +8,11 @@ Over 400 lines on purpose: one grammar, its parser and its error messages togeth
 from __future__ import annotations
 
 import copy
-import dataclasses
 import itertools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, get_args, get_origin
 
 import tomllib
 
@@ -30,8 +29,7 @@ _QUICK_TABLES = ("seeds", "axes", "zip", "variants", "exclude", "tune")
 def _train_fields() -> dict[str, Any]:
     from grapes_hw.training.config import TrainConfig
 
-    hints = get_type_hints(TrainConfig)
-    return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig) if f.init}
+    return TrainConfig.field_types()
 
 
 def _is_optional(tp: Any) -> bool:
@@ -457,7 +455,7 @@ def study_from_dict(raw: dict, *, quick: bool = False, path: str = "<dict>",
         if base_dir is not None and is_device_path(b) and not Path(b).is_absolute():
             cfg_d["backend"] = str(base_dir / b)  # relative to the study file, not the cwd
         try:
-            cfg = TrainConfig(**cfg_d)
+            cfg = TrainConfig.from_flat(**cfg_d)
             cfg.check()
         except ConfigError as e:
             name = e.field.lstrip("-").replace("-", "_")
@@ -465,11 +463,12 @@ def study_from_dict(raw: dict, *, quick: bool = False, path: str = "<dict>",
             raise ConfigError(key, f"{e.message} (in run {_short(cfg_d, base)})") from None
         except TypeError as e:  # pragma: no cover - a field the dataclass refuses
             raise ConfigError("study", str(e)) from None
-        if check_backends and cfg.backend not in backends_checked:
+        if check_backends and cfg.device.backend not in backends_checked:
             from grapes_hw.backends.registry import load_device_model
 
-            load_device_model(cfg.backend, option=field_source.get("backend", "base.backend"))
-            backends_checked.add(cfg.backend)
+            load_device_model(cfg.device.backend, option=field_source.get("backend",
+                                                                          "base.backend"))
+            backends_checked.add(cfg.device.backend)
         k = run_key(cfg)
         if k in seen:
             dups += 1

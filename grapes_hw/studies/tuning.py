@@ -4,7 +4,6 @@ chosen from finished tuning runs, and the study's seeds at those values.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 
 from grapes_hw.errors import ConfigError
@@ -29,9 +28,9 @@ def _group_label(spec: RunSpec, tune) -> dict:
 def _linked_target(spec: RunSpec, tune, groups: dict[str, RunSpec]) -> str | None:
     """The group an lr-matched control takes its tuned value from (see tune.py)."""
     cfg = spec.config
-    if tune.field != "lr" or not cfg.lr_matched:
+    if tune.field != "lr" or not cfg.rule.lr_matched:
         return None
-    target = RunSpec("", dataclasses.replace(cfg, lr_matched=False, grapes="propagating"), {})
+    target = RunSpec("", cfg.replace(lr_matched=False, grapes="propagating"), {})
     gid = tune_group(target, tune)
     return gid if gid in groups else None
 
@@ -52,7 +51,7 @@ def tuning_plan(study: Study) -> tuple[dict[str, RunSpec], dict[str, str], list[
             if gid in links:
                 continue
             for i, v in enumerate(tune.values):
-                cfg = dataclasses.replace(s.config, seed=seed, **{tune.field: v},
+                cfg = s.config.replace(seed=seed, **{tune.field: v},
                                           **tune.overrides())
                 try:
                     cfg.check()
@@ -112,7 +111,7 @@ def final_runs(study: Study, choices: dict) -> tuple[list[RunSpec], int]:
         if c is None:
             waiting += 1
             continue
-        cfg = dataclasses.replace(s.config, **{study.tune.field: c.value})
+        cfg = s.config.replace(**{study.tune.field: c.value})
         cfg.check()
         out.append(RunSpec(run_key(cfg), cfg, dict(s.label), meta={"tune_group": gid}))
     return out, waiting

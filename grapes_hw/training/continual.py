@@ -40,7 +40,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -129,7 +129,7 @@ class ContinualConfig:
             self.rule_config(r, self.backends[0], self.seeds[0]).check()
 
     def rule_config(self, rule: str, backend: str, seed: int):
-        return replace(self.base, backend=backend, seed=seed, **RULES[rule])
+        return self.base.replace(backend=backend, seed=seed, **RULES[rule])
 
     def pixels(self, n_pixels: int) -> int:
         return self.k_pixels if self.k_pixels is not None else scaled_k(self.k, n_pixels)
@@ -144,7 +144,6 @@ def run_sequence(cfg, data, n_tasks: int, k_pixels: int, epochs_per_task: int,
     The network and learner come from the model's builder and each task's epochs run in the
     one epoch loop every model uses (``training.driver.train_loop``: the same divergence check and
     Ctrl-C handling); after every epoch every task's test set is scored."""
-    from dataclasses import replace
 
     from grapes_hw.backends.registry import resolve_device_model
     from grapes_hw.functional.grapes import mean_factor
@@ -152,20 +151,21 @@ def run_sequence(cfg, data, n_tasks: int, k_pixels: int, epochs_per_task: int,
     from grapes_hw.training.train import _builder
 
     cfg.check()
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.run.seed)
     x_tr = torch.from_numpy(np.ascontiguousarray(data.x_train, dtype=np.float32))
     y_tr = torch.from_numpy(np.asarray(data.y_train, dtype=np.int64))
     x_te = torch.from_numpy(np.ascontiguousarray(data.x_test, dtype=np.float32))
     y_te = torch.from_numpy(np.asarray(data.y_test, dtype=np.int64))
     n_pixels = x_tr.shape[1]
-    perms = [torch.from_numpy(p) for p in make_tasks(n_pixels, n_tasks, k_pixels, cfg.seed)]
+    perms = [torch.from_numpy(p) for p in make_tasks(n_pixels, n_tasks, k_pixels, cfg.run.seed)]
     tests = [x_te[:, p] for p in perms]
 
     optimizer = build_optimizer(cfg)
-    m = _builder(cfg.model)(cfg, resolve_device_model(cfg.backend), data, x_tr, optimizer)
+    m = _builder(cfg.network.model)(cfg, resolve_device_model(cfg.device.backend), data, x_tr,
+                                    optimizer)
     (lr, _), lr_scale = cfg.resolved_lr(), 1.0
-    if cfg.lr_matched:
-        lr_scale = mean_factor(m.importances(), cfg.grapes_lower)
+    if cfg.rule.lr_matched:
+        lr_scale = mean_factor(m.importances(), cfg.rule.grapes_lower)
         lr = lr * lr_scale
     curve: list[dict] = []
     status = "ok"
@@ -191,18 +191,18 @@ def run_sequence(cfg, data, n_tasks: int, k_pixels: int, epochs_per_task: int,
             record(done + rec["epoch"], task, rec["train_loss"], rec["train_acc"],
                    rec["seconds"], ok=rec["train_loss"] is not None)
 
-        # each task's data order from its own seed (the loop seeds its shuffling by cfg.seed)
-        tcfg = replace(cfg, epochs=epochs_per_task, seed=cfg.seed + 7 * task)
+        # each task's data order from its own seed (the loop seeds its shuffling by cfg.run.seed)
+        tcfg = cfg.replace(epochs=epochs_per_task, seed=cfg.run.seed + 7 * task)
         epochs, status, _ = train_loop(m.learner, m.net, tcfg, lr, x_task, y_tr, m.evaluate,
                                        none_x, none_y, none_x, none_y, on_epoch=after)
         epoch += len(epochs)
         if status != "ok":
             break
 
-    out = {"config": to_dict(cfg), "lr_effective": lr, "lr_scale": lr_scale,
+    out = {"config": to_dict(cfg.flat()), "lr_effective": lr, "lr_scale": lr_scale,
            "status": status, "curve": curve,
            "optimizer_state_bytes": int(optimizer.state_bytes())}
-    out["config"]["layers"] = [int(v) for v in cfg.layers]
+    out["config"]["layers"] = [int(v) for v in cfg.network.layers]
     out["config"]["lr"], out["config"]["lr_source"] = cfg.resolved_lr()
     out.update(summarize(curve, n_tasks, epochs_per_task))
     return out
@@ -250,9 +250,9 @@ def run_continual(cc: ContinualConfig, out_dir: str | os.PathLike, *, quiet: boo
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     base = cc.base
-    data = dataset or load_dataset(base.dataset, data_dir=base.data_dir,
-                                   train_subset=base.train_subset, seed=base.seed,
-                                   download=base.download, progress=not quiet)
+    data = dataset or load_dataset(base.data.dataset, data_dir=base.data.data_dir,
+                                   train_subset=base.data.train_subset, seed=base.run.seed,
+                                   download=base.data.download, progress=not quiet)
     n_pixels = int(np.prod(data.x_train.shape[1:]))
     k = cc.pixels(n_pixels)
     if not 0 <= k <= n_pixels or k == 1:
@@ -285,7 +285,8 @@ def run_continual(cc: ContinualConfig, out_dir: str | os.PathLike, *, quiet: boo
         "settings": {"n_tasks": cc.n_tasks, "k": cc.k, "k_pixels": k, "n_pixels": n_pixels,
                      "epochs_per_task": cc.epochs_per_task, "rules": list(cc.rules),
                      "backends": list(cc.backends), "seeds": list(cc.seeds),
-                     "base": {**to_dict(base), "layers": [int(v) for v in base.layers]},
+                     "base": {**to_dict(base.flat()),
+                              "layers": [int(v) for v in base.network.layers]},
                      "dataset": {"name": data.name, "source": data.source,
                                  "n_train": int(data.x_train.shape[0]),
                                  "n_test": int(data.x_test.shape[0])}},

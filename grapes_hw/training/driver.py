@@ -14,7 +14,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -49,21 +49,21 @@ def versions() -> dict:
 
 
 def build_network(cfg: TrainConfig, model: DeviceModel | Any, n_in: int, n_out: int) -> Network:
-    """He-uniform initialised network on ``model``'s backend, seeded by ``cfg.seed``.
+    """He-uniform initialised network on ``model``'s backend, seeded by ``cfg.run.seed``.
 
     ``model``: a ``DeviceModel``, or anything ``TrainConfig.backend`` takes (a name, a TOML
     path, an aihwkit rpu_config object)."""
     model = resolve_device_model(model)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    sizes = [n_in, *[int(n) for n in cfg.layers], n_out]
+    gen = torch.Generator().manual_seed(cfg.run.seed)
+    sizes = [n_in, *[int(n) for n in cfg.network.layers], n_out]
     layers = []
     for i in range(len(sizes) - 1):
         shape = (sizes[i + 1], sizes[i])
-        backend = make_backend(model, shape, seed=cfg.seed * 1000 + i)
+        backend = make_backend(model, shape, seed=cfg.run.seed * 1000 + i)
         backend.program(he_uniform(shape, gen))
-        layers.append(HWLinear(backend, bias=cfg.bias))
-    return Network(layers, cfg.activation, cfg.dropout,  # type: ignore[arg-type]
-                   generator=torch.Generator().manual_seed(cfg.seed + 7919))
+        layers.append(HWLinear(backend, bias=cfg.network.bias))
+    return Network(layers, cfg.network.activation, cfg.network.dropout,  # type: ignore[arg-type]
+                   generator=torch.Generator().manual_seed(cfg.run.seed + 7919))
 
 
 def evaluate(net: Network, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -111,13 +111,13 @@ def build_optimizer(cfg: TrainConfig):
     """The optimizer ``cfg`` asks for, with its digital state format (shared by the MLP, SNU
     and continual-learning runs)."""
     opt_kw = dict(cfg.extra.get("optimizer", {}))
-    if cfg.velocity_bits is not None:
+    if cfg.rule.velocity_bits is not None:
         from grapes_hw.backends.fixed_point import VelocityFormat
 
         opt_kw["state_format"] = VelocityFormat(
-            cfg.velocity_bits, cfg.velocity_rounding, seed=cfg.seed + 611953)  # type: ignore[arg-type]
-        opt_kw["state_bits"] = cfg.velocity_bits
-    return make_optimizer(cfg.optimizer, cfg.momentum, **opt_kw)
+            cfg.rule.velocity_bits, cfg.rule.velocity_rounding, seed=cfg.run.seed + 611953)  # type: ignore[arg-type]
+        opt_kw["state_bits"] = cfg.rule.velocity_bits
+    return make_optimizer(cfg.rule.optimizer, cfg.rule.momentum, **opt_kw)
 
 
 EpochCallback = Callable[[dict], None]
@@ -131,9 +131,9 @@ def train_loop(learner, net, cfg: TrainConfig, lr: float, x_train, y_train, eval
     accuracy, test/val accuracy via ``evaluate_fn(x, y)``, seconds, pulses), divergence (a
     non-finite loss or weight stops the run) and Ctrl-C (the partial epoch is kept).
     Returns ``(epochs, status, diverged_epoch)``."""
-    order_gen = torch.Generator().manual_seed(cfg.seed + 15485863)
+    order_gen = torch.Generator().manual_seed(cfg.run.seed + 15485863)
     n = x_train.shape[0]
-    bs = cfg.batch_size
+    bs = cfg.run.batch_size
     n_batches = math.ceil(n / bs)
     epochs: list[dict] = []
     status, diverged_epoch, interrupted = "ok", None, False
@@ -143,10 +143,10 @@ def train_loop(learner, net, cfg: TrainConfig, lr: float, x_train, y_train, eval
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.epochs * n_batches, unit="batch", leave=False,
+        bar = tqdm(total=cfg.run.epochs * n_batches, unit="batch", leave=False,
                    disable=not sys.stderr.isatty())
     try:
-        for epoch in range(1, cfg.epochs + 1):
+        for epoch in range(1, cfg.run.epochs + 1):
             if interrupted:
                 break
             t0 = time.perf_counter()
@@ -234,8 +234,8 @@ def result_record(cfg, model, data, splits, epochs: list[dict], status: str,
     unit = memory.pop("pulses_unit", None)
     # A DeviceModel or rpu_config object as backend is recorded by name (JSON-able); what it
     # is, in full, is the record's "device_model".
-    config = to_dict(replace(cfg, backend=describe_backend(cfg.backend)))
-    config["layers"] = [int(v) for v in cfg.layers]
+    config = to_dict(cfg.replace(backend=describe_backend(cfg.device.backend)).flat())
+    config["layers"] = [int(v) for v in cfg.network.layers]
     config["lr"], config["lr_source"] = cfg.resolved_lr()
     config["lr_effective"] = lr
     config["lr_scale"] = lr_scale
@@ -297,11 +297,12 @@ def run_model(cfg: TrainConfig, builder: Builder, *, progress: bool = False,
     from grapes_hw.functional.grapes import mean_factor
 
     cfg.check()
-    model = resolve_device_model(cfg.backend)
-    torch.manual_seed(cfg.seed)
-    data = dataset or load_dataset(cfg.dataset, data_dir=cfg.data_dir,
-                                   train_subset=cfg.train_subset, val_fraction=cfg.val_fraction,
-                                   seed=cfg.seed, download=cfg.download, progress=progress)
+    model = resolve_device_model(cfg.device.backend)
+    torch.manual_seed(cfg.run.seed)
+    data = dataset or load_dataset(cfg.data.dataset, data_dir=cfg.data.data_dir,
+                                   train_subset=cfg.data.train_subset,
+                                   val_fraction=cfg.data.val_fraction,
+                                   seed=cfg.run.seed, download=cfg.data.download, progress=progress)
 
     def as_t(a, dt):
         return torch.from_numpy(np.ascontiguousarray(a, dtype=dt))
@@ -313,8 +314,8 @@ def run_model(cfg: TrainConfig, builder: Builder, *, progress: bool = False,
     m = builder(cfg, model, data, x_train, optimizer)
 
     (lr, _), lr_scale = cfg.resolved_lr(), 1.0
-    if cfg.lr_matched:
-        lr_scale = mean_factor(m.importances(), cfg.grapes_lower)
+    if cfg.rule.lr_matched:
+        lr_scale = mean_factor(m.importances(), cfg.rule.grapes_lower)
         lr = lr * lr_scale
 
     t_start = time.perf_counter()
@@ -322,10 +323,10 @@ def run_model(cfg: TrainConfig, builder: Builder, *, progress: bool = False,
         m.learner, m.net, cfg, lr, x_train, y_train, m.evaluate, x_test, y_test, x_val, y_val,
         progress=progress, on_epoch=on_epoch)
     drift = None
-    if cfg.drift_eval and m.drift and status == "ok":
+    if cfg.device.drift_eval and m.drift and status == "ok":
         from grapes_hw.training.drift import drift_evaluation
 
-        drift = drift_evaluation(m.net, x_test, y_test, seed=cfg.seed)
+        drift = drift_evaluation(m.net, x_test, y_test, seed=cfg.run.seed)
     return result_record(cfg, model, data, (x_train, x_test, x_val), epochs, status,
                          diverged_epoch, optimizer, memory_report(m.net, optimizer, m.feedback),
                          lr, lr_scale, drift, t_start, m.extra_config)

@@ -4,8 +4,6 @@ CNN) and ``run(config) -> result dict`` through the one driver (``training.drive
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 
 from grapes_hw.config import (
@@ -35,20 +33,19 @@ from grapes_hw.training.driver import EpochCallback, ModelRun, build_network, ev
 def build_snu_network(cfg, model, n_in: int, n_out: int) -> SNUNetwork:
     """He-uniform weights on ``model``'s backend (as ``train.build_network``; every layer
     after the first times ``init_gain``), biases at ``-threshold``."""
-    from dataclasses import replace
 
     from grapes_hw.training.driver import build_network
 
     params = snu_params(cfg)
-    base = build_network(replace(cfg, bias=True, dropout=0.0), model, n_in, n_out)
-    soft = cfg.model == "ssnu"
+    base = build_network(cfg.replace(bias=True, dropout=0.0), model, n_in, n_out)
+    soft = cfg.network.model == "ssnu"
     if params.threshold is None:
         params.threshold = 3.0 if soft else 1.0
     if params.init_gain is None:
         params.init_gain = 3.0 if soft else 1.0
     if params.init_gain != 1.0:  # the same He-uniform draws as build_network, scaled
 
-        gen = torch.Generator().manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.run.seed)
         for l, layer in enumerate(base.layers):
             w = he_uniform(tuple(layer.shape), gen)
             layer.backend.program(w if l == 0 else w * params.init_gain)
@@ -63,9 +60,9 @@ def build_snu_run(cfg, model, data, x_train, optimizer):
     from grapes_hw.training.driver import ModelRun
 
     net = build_snu_network(cfg, model, x_train.shape[1], data.n_classes)
-    learner = SNULearner(net, cfg.grapes_params(), optimizer, cfg.time_steps,
-                         torch.Generator().manual_seed(cfg.seed + 2718281),
-                         batch_size=cfg.batch_size)
+    learner = SNULearner(net, cfg.grapes_params(), optimizer, cfg.network.time_steps,
+                         torch.Generator().manual_seed(cfg.run.seed + 2718281),
+                         batch_size=cfg.run.batch_size)
 
     class _NoFeedback:
         def state_bytes(self) -> int:
@@ -74,8 +71,8 @@ def build_snu_run(cfg, model, data, x_train, optimizer):
     def evaluate(x, y) -> float:
         if x.shape[0] == 0:
             return float("nan")
-        gen = torch.Generator().manual_seed(cfg.seed + 31337)  # same test spikes every epoch
-        return float((net.predict(x, cfg.test_time_steps, gen) == y).double().mean())
+        gen = torch.Generator().manual_seed(cfg.run.seed + 31337)  # same test spikes every epoch
+        return float((net.predict(x, cfg.network.test_time_steps, gen) == y).double().mean())
 
     # drift: --drift-eval applies to MLP and CNN runs on analog inference tiles only
     return ModelRun(net, learner, evaluate,
@@ -96,7 +93,7 @@ __all__ = ["build_snu_network", "build_snu_run", "run_snu"]
 # ---- building and running ------------------------------------------------------------------
 def build_cnn(cfg, model, image_shape: tuple[int, int], n_classes: int,
               in_channels: int = 1) -> ConvNet:
-    """He-uniform initialised CNN on ``model``'s backend, seeded by ``cfg.seed`` (as
+    """He-uniform initialised CNN on ``model``'s backend, seeded by ``cfg.run.seed`` (as
     ``train.build_network``: one generator, layers in order, backend seeds
     ``seed * 1000 + i``)."""
     from grapes_hw.backends.registry import make_backend, resolve_device_model
@@ -105,28 +102,28 @@ def build_cnn(cfg, model, image_shape: tuple[int, int], n_classes: int,
     specs = parse_conv(resolved_conv(cfg))
     in_shape = (int(in_channels), int(image_shape[0]), int(image_shape[1]))
     shapes = feature_shapes(specs, in_shape)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.run.seed)
     convs, pools = [], []
     c_in = in_shape[0]
     i = 0
     for s in specs:
         shape = (s.channels, c_in * s.kernel * s.kernel)
-        backend = make_backend(model, shape, seed=cfg.seed * 1000 + i)
+        backend = make_backend(model, shape, seed=cfg.run.seed * 1000 + i)
         backend.program(he_uniform(shape, gen))
-        convs.append(HWConv2d(backend, c_in, s.kernel, 1, s.kernel // 2, bias=cfg.bias))
-        pools.append(Pool2d(s.pool, cfg.activation))
+        convs.append(HWConv2d(backend, c_in, s.kernel, 1, s.kernel // 2, bias=cfg.network.bias))
+        pools.append(Pool2d(s.pool, cfg.network.activation))
         c_in = s.channels
         i += 1
     c, h, w = shapes[-1]
-    sizes = [c * h * w, *[int(n) for n in cfg.layers], int(n_classes)]
+    sizes = [c * h * w, *[int(n) for n in cfg.network.layers], int(n_classes)]
     head = []
     for j in range(len(sizes) - 1):
         shape = (sizes[j + 1], sizes[j])
-        backend = make_backend(model, shape, seed=cfg.seed * 1000 + i)
+        backend = make_backend(model, shape, seed=cfg.run.seed * 1000 + i)
         backend.program(he_uniform(shape, gen))
-        head.append(HWLinear(backend, bias=cfg.bias))
+        head.append(HWLinear(backend, bias=cfg.network.bias))
         i += 1
-    return ConvNet(convs, pools, head, in_shape, cfg.activation)
+    return ConvNet(convs, pools, head, in_shape, cfg.network.activation)
 
 
 def build_cnn_run(cfg, model, data, x_train, optimizer):
@@ -142,8 +139,8 @@ def build_cnn_run(cfg, model, data, x_train, optimizer):
     spec = resolved_conv(cfg)
     net = build_cnn(cfg, model, image_shape, data.n_classes,
                     in_channels=x_train.shape[1] // n_pix)
-    learner = CNNLearner(net, cfg.grapes_params(), optimizer, cfg.credit,
-                         torch.Generator().manual_seed(cfg.seed + 104729))
+    learner = CNNLearner(net, cfg.grapes_params(), optimizer, cfg.rule.credit,
+                         torch.Generator().manual_seed(cfg.run.seed + 104729))
 
     def evaluate(x, y) -> float:
         if x.shape[0] == 0:
@@ -168,7 +165,7 @@ __all__ = ["build_cnn", "build_cnn_run", "run_cnn"]
 def build_mlp(cfg: TrainConfig, model, data, x_train, optimizer) -> ModelRun:
     """The MLP's network (``build_network``), credit assignment and learner."""
     net = build_network(cfg, model, x_train.shape[1], data.n_classes)
-    credit = make_credit(cfg.credit, net, torch.Generator().manual_seed(cfg.seed + 104729))
+    credit = make_credit(cfg.rule.credit, net, torch.Generator().manual_seed(cfg.run.seed + 104729))
     learner = Learner(net, credit, cfg.grapes_params(), optimizer)
     return ModelRun(net, learner, lambda x, y: evaluate(net, x, y),
                     lambda: [credit.importance(l) for l in range(net.n_hidden)], credit)
@@ -190,9 +187,9 @@ def run(cfg: TrainConfig, *, progress: bool = False,
         on_epoch: EpochCallback | None = None, dataset=None) -> dict:
     """Train one network as configured (any ``model``); return the result dictionary."""
     cfg.check()
-    return run_model(cfg, _builder(cfg.model), progress=progress, on_epoch=on_epoch,
+    return run_model(cfg, _builder(cfg.network.model), progress=progress, on_epoch=on_epoch,
                      dataset=dataset)
 
 
 def with_overrides(cfg: TrainConfig, **kw) -> TrainConfig:
-    return replace(cfg, **kw)
+    return cfg.replace(**kw)
