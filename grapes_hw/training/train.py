@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from grapes_hw.config import (
-    to_dict,
-)
+from grapes_hw.config import to_dict
 from grapes_hw.errors import ConfigError
 from grapes_hw.functional.init import he_uniform
 from grapes_hw.models.cnn import (
@@ -34,8 +32,6 @@ def build_snu_network(cfg, model, n_in: int, n_out: int) -> SNUNetwork:
     """He-uniform weights on ``model``'s backend (as ``train.build_network``; every layer
     after the first times ``init_gain``), biases at ``-threshold``."""
 
-    from grapes_hw.training.driver import build_network
-
     params = snu_params(cfg)
     base = build_network(cfg.replace(bias=True, dropout=0.0), model, n_in, n_out)
     soft = cfg.network.model == "ssnu"
@@ -57,8 +53,6 @@ def build_snu_network(cfg, model, n_in: int, n_out: int) -> SNUNetwork:
 def build_snu_run(cfg, model, data, x_train, optimizer):
     """The SNU/sSNU network and its BPTT learner for ``driver.run_model`` (``train.run``
     with ``--model snu|ssnu``): the same result keys as the MLP run, plus ``config.snu``."""
-    from grapes_hw.training.driver import ModelRun
-
     net = build_snu_network(cfg, model, x_train.shape[1], data.n_classes)
     learner = SNULearner(net, cfg.grapes_params(), optimizer, cfg.network.time_steps,
                          torch.Generator().manual_seed(cfg.run.seed + 2718281),
@@ -82,8 +76,6 @@ def build_snu_run(cfg, model, data, x_train, optimizer):
 
 def run_snu(cfg, *, progress: bool = False, on_epoch=None, dataset=None) -> dict:
     """``train.run`` for ``--model snu|ssnu``."""
-    from grapes_hw.training.driver import run_model
-
     return run_model(cfg, build_snu_run, progress=progress, on_epoch=on_epoch, dataset=dataset)
 
 
@@ -129,8 +121,6 @@ def build_cnn(cfg, model, image_shape: tuple[int, int], n_classes: int,
 def build_cnn_run(cfg, model, data, x_train, optimizer):
     """The CNN and its learner for ``driver.run_model`` (``train.run`` with ``--model
     cnn``): the same result keys as the MLP run, plus ``config.cnn`` (the architecture)."""
-    from grapes_hw.training.driver import ModelRun
-
     image_shape = tuple(data.image_shape)
     n_pix = image_shape[0] * image_shape[1]
     if x_train.shape[1] % n_pix:
@@ -154,8 +144,6 @@ def build_cnn_run(cfg, model, data, x_train, optimizer):
 
 def run_cnn(cfg, *, progress: bool = False, on_epoch=None, dataset=None) -> dict:
     """``train.run`` for ``--model cnn``."""
-    from grapes_hw.training.driver import run_model
-
     return run_model(cfg, build_cnn_run, progress=progress, on_epoch=on_epoch, dataset=dataset)
 
 
