@@ -49,11 +49,19 @@ def import_before(commit: str, folder: Path):
     return importlib.import_module("grapes_hw_before")
 
 
+NOW = {"network": "models.mlp", "init": "functional.init", "credit": "rules.credit",
+       "grapes": "functional.grapes", "learning": "rules.learner", "optim": "rules.optim"}
+"""Where the package now keeps what the package before had in flat modules (``init``: the
+``network`` module before)."""
+BEFORE_INIT = "network"
+
+
 def learner(pkg, mode: str, fixed: bool):
     """A He-uniform 784-256-256-256-10 network (seed 0) on ``pkg``'s float32 or fixed8
     (stochastic) backend, with BP, GRAPES ``mode`` and SGD."""
-    mods = {m: importlib.import_module(f"{pkg.__name__}.{m}")
-            for m in ("network", "credit", "grapes", "learning", "optim",
+    layout = NOW if pkg.__name__ == "grapes_hw" else {"init": BEFORE_INIT}
+    mods = {m: importlib.import_module(f"{pkg.__name__}.{layout.get(m, m)}")
+            for m in ("network", "init", "credit", "grapes", "learning", "optim",
                       "backends.float_backend", "backends.fixed_point")}
     net_m, fp = mods["network"], mods["backends.fixed_point"]
     gen = torch.Generator().manual_seed(0)
@@ -65,7 +73,7 @@ def learner(pkg, mode: str, fixed: bool):
                                      seed=i)
         else:
             b = mods["backends.float_backend"].FloatBackend(shape)
-        b.program(net_m.he_uniform(shape, gen))
+        b.program(mods["init"].he_uniform(shape, gen))
         layers.append(net_m.HWLinear(b))
     net = net_m.Network(layers, "relu")
     return mods["learning"].Learner(net, mods["credit"].BP(net),

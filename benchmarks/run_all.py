@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["bench_float.py", "bench_fixed_point.py", "bench_before_after.py", "bench_analog.py",
-           "bench_sweep_scaling.py"]
+SCRIPTS = ["bench_float.py", "bench_step_kernels.py", "bench_fixed_point.py",
+           "bench_before_after.py", "bench_cnn.py", "bench_analog.py", "bench_sweep_scaling.py"]
 
 
 def main() -> int:
