@@ -14,7 +14,7 @@ rows ``(B*L, C_out)``:
   L * D, lr)``; for SGD that is ``backend.update(P, L * D, lr)``, i.e.
   ``W <- W - lr / (B L) * (L D)^T P = W - lr * D^T P / B``: one step of ``lr`` times the
   autograd gradient of the minibatch-mean loss, exactly as for a dense layer. The factor
-  ``L`` goes into the errors rather than the rate (as ``snu.py`` does for its time steps), so
+  ``L`` goes into the errors rather than the rate (as ``models/snu.py`` does for its time steps), so
   the stateful optimizers (momentum, RMSprop, Adam) see that same gradient ``D^T P / B``.
 
 Stride and padding are free in ``HWConv2d``; the bias is digital (a ``(C_out, 1)`` float
@@ -39,7 +39,8 @@ autograd.
 filters): a conv layer's nodes are its output channels. The importance of channel ``n`` is
 the L1 norm of its filter, i.e. of row ``n`` of the backend matrix over all input channels
 and kernel positions (``backend.abs_sums(1)``, what the hardware reads);
-``m = clip(2 i / max_n i_n, lower, 2)`` as for dense layers (``grapes.modulation_factor``).
+``m = clip(2 i / max_n i_n, lower, 2)`` as for dense layers
+(``functional.grapes.modulation_factor``).
 ``m_n`` multiplies the error of channel ``n`` at every spatial position (after ``f'``, before
 the layer's update and transposed MVM). *Propagating*: the modulated error is also what the
 layer sends down, so factors compound through conv and dense layers; *local*: only the

@@ -4,7 +4,7 @@
   tried (mean over the tuning seeds), the value chosen and why (``tuning.json``), and a plot
   of metric vs value per backend.
 * **Device state**: from the per-layer records each epoch carries (``epochs[i]["layers"]``,
-  see ``train._layer_records``): per group and layer, the mean GRAPES factor the error
+  see ``training.driver._layer_records``): per group and layer, the mean GRAPES factor the error
   carries, the share of devices near saturation after the first and the last epoch, pulses,
   pulsed writes and write-verify repeats per epoch, and seconds per epoch; a plot of the
   saturation over training; and, from the tuning runs, each rule at *equal* learning rates.

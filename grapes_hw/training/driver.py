@@ -1,6 +1,6 @@
 """The run loop every model shares: network building, the optimizer, the epoch loop and
-the ``result.json`` record (used by ``train.run`` for the MLP and by ``snu``, ``cnn`` and
-``continual``; it imports no model module, so every model can import it).
+the ``result.json`` record (used by ``training.train.run`` with the MLP, SNU and CNN
+builders, and by ``continual``; it imports no model builder, so every builder can use it).
 
 ``train_loop`` does seeded shuffling, per-epoch records (loss, accuracy, test/validation
 accuracy, seconds, pulses and the per-layer device state), divergence (a non-finite loss or

@@ -29,7 +29,7 @@ from grapes_hw.training.driver import EpochCallback, ModelRun, build_network, ev
 
 
 def build_snu_network(cfg, model, n_in: int, n_out: int) -> SNUNetwork:
-    """He-uniform weights on ``model``'s backend (as ``train.build_network``; every layer
+    """He-uniform weights on ``model``'s backend (as ``driver.build_network``; every layer
     after the first times ``init_gain``), biases at ``-threshold``."""
 
     params = snu_params(cfg)
@@ -51,7 +51,7 @@ def build_snu_network(cfg, model, n_in: int, n_out: int) -> SNUNetwork:
 
 
 def build_snu_run(cfg, model, data, x_train, optimizer):
-    """The SNU/sSNU network and its BPTT learner for ``driver.run_model`` (``train.run``
+    """The SNU/sSNU network and its BPTT learner for ``driver.run_model`` (``run``
     with ``--model snu|ssnu``): the same result keys as the MLP run, plus ``config.snu``."""
     net = build_snu_network(cfg, model, x_train.shape[1], data.n_classes)
     learner = SNULearner(net, cfg.grapes_params(), optimizer, cfg.network.time_steps,
@@ -75,7 +75,7 @@ def build_snu_run(cfg, model, data, x_train, optimizer):
 
 
 def run_snu(cfg, *, progress: bool = False, on_epoch=None, dataset=None) -> dict:
-    """``train.run`` for ``--model snu|ssnu``."""
+    """``run`` for ``--model snu|ssnu``."""
     return run_model(cfg, build_snu_run, progress=progress, on_epoch=on_epoch, dataset=dataset)
 
 
@@ -86,7 +86,7 @@ __all__ = ["build_snu_network", "build_snu_run", "run_snu"]
 def build_cnn(cfg, model, image_shape: tuple[int, int], n_classes: int,
               in_channels: int = 1) -> ConvNet:
     """He-uniform initialised CNN on ``model``'s backend, seeded by ``cfg.run.seed`` (as
-    ``train.build_network``: one generator, layers in order, backend seeds
+    ``driver.build_network``: one generator, layers in order, backend seeds
     ``seed * 1000 + i``)."""
     from grapes_hw.backends.registry import make_backend, resolve_device_model
 
@@ -119,7 +119,7 @@ def build_cnn(cfg, model, image_shape: tuple[int, int], n_classes: int,
 
 
 def build_cnn_run(cfg, model, data, x_train, optimizer):
-    """The CNN and its learner for ``driver.run_model`` (``train.run`` with ``--model
+    """The CNN and its learner for ``driver.run_model`` (``run`` with ``--model
     cnn``): the same result keys as the MLP run, plus ``config.cnn`` (the architecture)."""
     image_shape = tuple(data.image_shape)
     n_pix = image_shape[0] * image_shape[1]
@@ -143,7 +143,7 @@ def build_cnn_run(cfg, model, data, x_train, optimizer):
 
 
 def run_cnn(cfg, *, progress: bool = False, on_epoch=None, dataset=None) -> dict:
-    """``train.run`` for ``--model cnn``."""
+    """``run`` for ``--model cnn``."""
     return run_model(cfg, build_cnn_run, progress=progress, on_epoch=on_epoch, dataset=dataset)
 
 
