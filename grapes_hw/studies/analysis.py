@@ -9,7 +9,8 @@ ascending; bp, fa, dfa; GRAPES off, local, propagating; sgd, momentum, nag, rmsp
 
 What the report says about a run comes from the run itself: the plateau fit is re-done from
 its stored per-epoch test accuracy with today's acceptance rules
-(``training.metrics.plateau_check``; the stored fit of an older version is ignored), the pulse unit is the one the backend
+(``training.metrics.plateau_check``; the stored fit of an older version is ignored), the
+pulse unit is the one the backend
 declared (``pulses_unit``, inferred from the device's backend kind for older results), and
 each run is flagged when it failed, diverged, stayed at chance level, wrote no pulses on a
 device that should write, or has a rejected plateau fit.
