@@ -324,6 +324,12 @@ def _means(runs: list[dict]) -> list[dict]:
     return out
 
 
+def _seeds_text(runs: list[dict], backend: str | None = None) -> str:
+    """``"mean ± std over 3 seeds"`` (or ``"1 seed"``) for the runs of ``backend``."""
+    n = len({r["seed"] for r in runs if backend is None or r["backend"] == backend})
+    return "1 seed" if n == 1 else f"mean (± std) over {n} seeds"
+
+
 def plot_continual(runs: list[dict], cc: ContinualConfig, out: Path) -> list[str]:
     """One figure per backend (a panel per task) and one of the mean seen-task accuracy."""
     import matplotlib
@@ -377,7 +383,8 @@ def plot_continual(runs: list[dict], cc: ContinualConfig, out: Path) -> list[str
         k_label = (f"{cc.k_pixels} px" if cc.k_pixels is not None
                    else f"{cc.k} (784-px units)")
         fig.suptitle(f"continual learning, {backend}: K = {k_label}, "
-                     f"{E} epochs per task (shaded: training on that task)", fontsize=9)
+                     f"{E} epochs per task (shaded: training on that task); "
+                     f"{_seeds_text(runs, backend)}", fontsize=9)
         fig.tight_layout()
         path = out / f"continual_{backend.replace('/', '_').replace('.toml', '')}.png"
         fig.savefig(path, dpi=110)
@@ -403,6 +410,9 @@ def plot_continual(runs: list[dict], cc: ContinualConfig, out: Path) -> list[str
         ax.axvline(b * E, color="0.6", lw=0.5)
     ax.set_xlabel("epoch")
     ax.set_ylabel("mean test accuracy of tasks seen")
+    k_label = f"{cc.k_pixels} px" if cc.k_pixels is not None else f"{cc.k} (784-px units)"
+    ax.set_title(f"continual learning: K = {k_label}, {T} tasks x {E} epochs\n"
+                 f"{_seeds_text(runs).replace(' (± std)', '')}", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = out / "continual_average.png"
