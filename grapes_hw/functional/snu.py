@@ -48,7 +48,7 @@ class SNUParams:
     readout_scale: float | None = 10.0
     """logits = readout_scale * output rate (a rate of 1 for one class, 0 for the others
     gives a logit gap of ``readout_scale``); None: the training ``time_steps`` (the spike
-    counts; larger updates, see the module docstring)."""
+    counts; larger updates, see ``grapes_hw.models.snu``)."""
 
     def check(self) -> None:
         require(0.0 <= self.decay < 1.0, "snu.decay", f"got {self.decay}; must be in [0, 1)")

@@ -70,7 +70,7 @@ class ConvContext:
 
 class HWConv2d:
     """A 2-D convolution whose filters live in ``backend`` as a ``(C_out, C_in*kH*kW)``
-    matrix (see the module docstring). ``bias``: a digital per-channel bias (float32, float64
+    matrix (see ``grapes_hw.models.cnn``). ``bias``: a digital per-channel bias (float32, float64
     on a float64 backend). ``exact``: take torch's convolution kernels (None: where
     ``exact_mvm(backend)`` holds; False forces the patch path, for comparisons)."""
 
@@ -185,7 +185,7 @@ class HWConv2d:
         ``d^T x / x.shape[0]`` is the minibatch-mean weight gradient ``D^T P / B`` (rows
         scaled by ``row_scale``, GRAPES' local factor): the patches and ``L * D`` on the
         patch path, ``(G, (C_out / B) diag(row_scale))`` with ``G = D^T P`` on the exact
-        path (see the module docstring)."""
+        path (see ``grapes_hw.models.cnn``)."""
         B = ctx.x.shape[0]
         if self.exact:
             g = self._conv_backward(delta.contiguous(), ctx.x, self.kernel(delta.dtype),

@@ -15,7 +15,8 @@ from grapes_hw.rules.learner import FactorStats
 
 
 class CNNLearner:
-    """BP or FA + GRAPES + optimizer for a :class:`ConvNet` (see the module docstring)."""
+    """BP or FA + GRAPES + optimizer for a :class:`ConvNet` (the mapping and the rules are
+    described in ``grapes_hw.models.cnn``)."""
 
     def __init__(self, net: ConvNet, grapes: GrapesParameters, optimizer, credit: str = "bp",
                  generator: torch.Generator | None = None):

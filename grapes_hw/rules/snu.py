@@ -14,7 +14,7 @@ from grapes_hw.rules.learner import FactorStats
 
 
 class SNULearner:
-    """BPTT + GRAPES + optimizer for an :class:`SNUNetwork` (see the module docstring)."""
+    """BPTT + GRAPES + optimizer for an :class:`SNUNetwork` (see ``grapes_hw.models.snu``)."""
 
     def __init__(self, net: SNUNetwork, grapes: GrapesParameters, optimizer, time_steps: int,
                  generator: torch.Generator | None = None, batch_size: int | None = None):

@@ -11,7 +11,6 @@ from grapes_hw.studies.keys import key_fields, run_key
 from grapes_hw.studies.spec import RunSpec, Study, _canon, label_text
 
 
-# ---- tuning: the two phases of a study with [tune] ------------------------------------------
 def tune_group(spec: RunSpec, tune) -> str:
     """The tuning group of a study run: a hash of its key fields without seed and the tuned
     field (runs differing only in those share the tuned value)."""
