@@ -298,8 +298,8 @@ def test_flags_chance_zero_pulses_rejected_fits_diverged_errors(written):
 def test_plots_and_csvs_written_only_with_data(sweep_dir, tmp_path):
     d, runs = sweep_dir
     write_report(d)
-    for png in ("best_test_acc", "slowness", "learning_curves", "pulses", "optimizer_memory",
-                "acc_vs_bits", "acc_vs_noise", "drift"):
+    for png in ("best_test_acc", "slowness", "plateau_fits", "learning_curves", "pulses",
+                "optimizer_memory", "acc_vs_bits", "acc_vs_noise", "drift"):
         p = d / f"{png}.png"
         assert p.is_file() and p.stat().st_size > 2000, png
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -331,6 +331,19 @@ def test_plots_and_csvs_written_only_with_data(sweep_dir, tmp_path):
         assert f"{png}.png" not in md
     assert not (d / "acc_vs_noise.csv").exists()
     assert (d / "best_test_acc.png").is_file() and "(best_test_acc.png)" in md
+
+
+def test_plateau_fits_plot_needs_an_accepted_fit(sweep_dir):
+    d, runs = sweep_dir
+    md = write_report(d).read_text()
+    assert (d / "plateau_fits.png").is_file() and "(plateau_fits.png)" in md
+    short = []
+    for r in runs:  # 2 epochs: every fit is rejected (need at least 3)
+        r = {**r, "epochs": r["epochs"][:2], "plateau_fit": None, "slowness": None}
+        short.append(r)
+    write_runs(d, short)
+    md = write_report(d).read_text()
+    assert not (d / "plateau_fits.png").exists() and "plateau_fits.png" not in md
 
 
 def test_single_seed_report(tmp_path):

@@ -340,6 +340,60 @@ def learning_curves(an: Analysis, facts: Facts, path: Path) -> list[list[Any]]:
     return rows
 
 
+def plateau_fits(an: Analysis, facts: Facts, path: Path) -> bool:
+    """The test curves with their plateau fits drawn on them, one panel per context: per
+    rule the mean test accuracy per epoch (points) and ``acc(e) = a e / (s + e)`` with the
+    means of the runs' accepted fits (dashed; the legend gives a and s). Not written when no
+    run has an accepted fit."""
+    from matplotlib.ticker import MaxNLocator
+
+    from grapes_hw.training.metrics import plateau
+
+    style = Style(an)
+    ctxs = [c for c in an.contexts()
+            if any(r.get("slowness") is not None for g in an.groups if g.context == c
+                   for r in g.finished())]
+    if not ctxs:
+        return False
+    fig, axes = _panels(len(ctxs), w=4.6, h=3.3)
+    ns: list[int] = []
+    for ax, ctx in zip(axes, ctxs, strict=True):
+        for g in (g for g in an.groups if g.context == ctx):
+            runs = g.finished()
+            per_epoch: dict[int, list[float]] = defaultdict(list)
+            for run in runs:
+                for e in run.get("epochs") or []:
+                    if e.get("test_acc") is not None and math.isfinite(e["test_acc"]):
+                        per_epoch[int(e["epoch"])].append(e["test_acc"])
+            fits = [r["plateau_fit"] for r in runs if r.get("slowness") is not None]
+            if not per_epoch or not fits:
+                continue
+            ep = sorted(per_epoch)
+            kw = style.kw(g.method)
+            ax.plot(ep, [mean_std(per_epoch[k])[0] for k in ep], ls="none", ms=2.5,
+                    marker=kw.get("marker", "o"), color=kw.get("color"), alpha=0.45)
+            a = sum(f["max_accuracy"] for f in fits) / len(fits)
+            s = sum(f["slowness"] for f in fits) / len(fits)
+            xs = [ep[0] + (ep[-1] - ep[0]) * i / 200 for i in range(201)]
+            ax.plot(xs, [plateau(x, a, s) for x in xs], ls="--", lw=1.6, color=kw.get("color"),
+                    label=f"{style.label(g.method)}: a = {a:.3f}, s = {s:.2f} "
+                          f"(n = {len(fits)})")
+            ns.append(len(fits))
+        if an.context_fields:
+            ax.set_title(context_label(an, ctx), fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=7)  # per panel: a and s differ between panels
+    _axis_labels(axes, "epoch", "test accuracy")
+    lo, hi = min(ns), max(ns)
+    n = lo if lo == hi else f"{lo}-{hi}"
+    _title(fig, "Test curves (points: mean over seeds) and plateau fits", facts,
+           f"\n(dashed: acc = a e / (s + e), the mean of {n} accepted fits per rule)")
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
 def _extra(an: Analysis, g, drop: tuple[str, ...] = ("backend",)) -> str:
     """The context of ``g`` besides ``drop`` (e.g. ``credit=fa``): a series' line style."""
     pairs = zip(an.context_fields, g.context, strict=True)

@@ -48,7 +48,8 @@ from grapes_hw.training.metrics import CHANCE_MARGIN, MAX_SLOWNESS_FACTOR, MIN_E
 
 OUTPUTS = ("summary.csv", "learning_curves.csv", "flagged_runs.csv", "comparisons.csv",
            "acc_vs_bits.csv", "acc_vs_noise.csv", "drift.csv", "best_test_acc.png",
-           "slowness.png", "learning_curves.png", "pulses.png", "optimizer_memory.png",
+           "slowness.png", "plateau_fits.png", "learning_curves.png", "pulses.png",
+           "optimizer_memory.png",
            "acc_vs_bits.png", "acc_vs_noise.png", "drift.png", "tuning.csv", "tuning.png",
            "device_state.csv", "saturation.png", "equal_lr.csv")
 """Every file besides report.md a report may write (stale ones are removed)."""
@@ -201,6 +202,9 @@ def write_report(dir_: str | Path) -> Path:
         plots.metric_plot(an, fx, "slowness", d / "slowness.png",
                           "slowness (epochs to half plateau)",
                           "Slowness of the plateau fit, accepted fits only (lower is faster)"))
+    png("plateau_fits.png", "Test curves with their plateau fits (dashed; a = plateau "
+        "accuracy, s = slowness, means of the accepted fits)",
+        plots.plateau_fits(an, fx, d / "plateau_fits.png"))
     lc_rows = plots.learning_curves(an, fx, d / "learning_curves.png")
     png("learning_curves.png", "Learning curves (mean test accuracy per epoch, band = ± std "
         "over seeds where n > 1; data in `learning_curves.csv`)", True)
