@@ -340,11 +340,16 @@ def learning_curves(an: Analysis, facts: Facts, path: Path) -> list[list[Any]]:
     return rows
 
 
+MAX_FIT_PANELS = 4
+"""The most contexts (panels) ``plateau_fits`` draws."""
+
+
 def plateau_fits(an: Analysis, facts: Facts, path: Path) -> bool:
     """The test curves with their plateau fits drawn on them, one panel per context: per
     rule the mean test accuracy per epoch (points) and ``acc(e) = a e / (s + e)`` with the
     means of the runs' accepted fits (dashed; the legend gives a and s). Not written when no
-    run has an accepted fit."""
+    run has an accepted fit, nor for more than ``MAX_FIT_PANELS`` contexts (a legend per
+    panel would hide the curves; ``slowness.png`` summarises such grids)."""
     from matplotlib.ticker import MaxNLocator
 
     from grapes_hw.training.metrics import plateau
@@ -353,7 +358,7 @@ def plateau_fits(an: Analysis, facts: Facts, path: Path) -> bool:
     ctxs = [c for c in an.contexts()
             if any(r.get("slowness") is not None for g in an.groups if g.context == c
                    for r in g.finished())]
-    if not ctxs:
+    if not ctxs or len(ctxs) > MAX_FIT_PANELS:
         return False
     fig, axes = _panels(len(ctxs), w=4.6, h=3.3)
     ns: list[int] = []
@@ -383,13 +388,14 @@ def plateau_fits(an: Analysis, facts: Facts, path: Path) -> bool:
             ax.set_title(context_label(an, ctx), fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=7)  # per panel: a and s differ between panels
     _axis_labels(axes, "epoch", "test accuracy")
     lo, hi = min(ns), max(ns)
     n = lo if lo == hi else f"{lo}-{hi}"
     _title(fig, "Test curves (points: mean over seeds) and plateau fits", facts,
            f"\n(dashed: acc = a e / (s + e), the mean of {n} accepted fits per rule)")
     fig.tight_layout()
+    for ax in axes:  # after the layout: a legend under each panel (a, s differ per panel)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=7, frameon=False)
     _save(fig, path)
     return True
 
