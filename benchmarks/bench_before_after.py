@@ -30,7 +30,13 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import interleaved_chunks, summarize, write_result  # noqa: E402
+from common import (  # noqa: E402
+    batches,
+    interleaved_chunks,
+    plain_torch_step,
+    summarize,
+    write_result,
+)
 
 import grapes_hw  # noqa: E402
 from grapes_hw.data.datasets import load_dataset  # noqa: E402
@@ -85,36 +91,6 @@ def learner_step(lrn):
     return lambda xb, yb: lrn.step(xb, yb, LR)
 
 
-def plain_torch_step():
-    layers = []
-    for i in range(len(SIZES) - 1):
-        layers.append(torch.nn.Linear(SIZES[i], SIZES[i + 1], bias=False))
-        if i < len(SIZES) - 2:
-            layers.append(torch.nn.ReLU())
-    model = torch.nn.Sequential(*layers)
-    opt = torch.optim.SGD(model.parameters(), lr=LR)
-
-    def step(xb, yb):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(xb), yb).backward()
-        opt.step()
-    return step
-
-
-def candidate(step, x, y):
-    perms: dict[int, torch.Tensor] = {}
-
-    def run(rep: int, b0: int, b1: int) -> None:
-        p = perms.get(rep)
-        if p is None:
-            p = perms[rep] = torch.randperm(x.shape[0],
-                                            generator=torch.Generator().manual_seed(rep))
-        for b in range(b0, b1):
-            idx = p[b * BS:(b + 1) * BS]
-            step(x[idx], y[idx])
-    return run
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--before", default="cbe252a", help="commit of the package before")
@@ -132,12 +108,12 @@ def main() -> int:
     y = torch.from_numpy(data.y_train.astype(np.int64))
     with tempfile.TemporaryDirectory() as tmp:
         before = import_before(args.before, Path(tmp))
-        steps = {"plain_torch": plain_torch_step()}
+        steps = {"plain_torch": plain_torch_step(SIZES, LR)}
         for tag, pkg in (("before", before), ("now", grapes_hw)):
             for name, mode, fixed in (("sgd", "off", False), ("grapes", "propagating", False),
                                       ("fixed8", "off", True)):
                 steps[f"{tag}_{name}"] = learner_step(learner(pkg, mode, fixed))
-        cands = {k: candidate(v, x, y) for k, v in steps.items()}
+        cands = {k: batches(x, y, BS, v) for k, v in steps.items()}
         for run in cands.values():  # untimed: kernels compile (or load from cache)
             run(-1, 0, 2)
         load_before = os.getloadavg()

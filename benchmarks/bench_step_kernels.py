@@ -27,7 +27,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved_chunks, summarize, write_result  # noqa: E402
+from common import (  # noqa: E402
+    batches,
+    interleaved_chunks,
+    plain_torch_step,
+    summarize,
+    write_result,
+)
 
 from grapes_hw.backends.registry import load_device_model  # noqa: E402
 from grapes_hw.data.datasets import load_dataset  # noqa: E402
@@ -42,46 +48,18 @@ from grapes_hw.training.driver import build_network  # noqa: E402
 SIZES = [784, 256, 256, 256, 10]
 
 
-def _batches(x, y, bs, step, kernels: bool | None = None):
-    """``run(rep, b0, b1)``: minibatches b0..b1-1 of epoch ``rep`` through ``step(x, y)``,
-    with ``_step_kernels.ENABLED = kernels`` set first (None: left alone)."""
-    perms: dict[int, torch.Tensor] = {}
-
-    def run(rep: int, b0: int, b1: int) -> None:
-        if kernels is not None:
-            _step_kernels.ENABLED = kernels
-        p = perms.get(rep)
-        if p is None:
-            p = perms[rep] = torch.randperm(x.shape[0],
-                                            generator=torch.Generator().manual_seed(rep))
-        for b in range(b0, b1):
-            idx = p[b * bs:(b + 1) * bs]
-            step(x[idx], y[idx])
-    return run
-
-
 def epoch_plain_torch(x, y, bs, lr):
-    layers = []
-    for i in range(len(SIZES) - 1):
-        layers.append(torch.nn.Linear(SIZES[i], SIZES[i + 1], bias=False))
-        if i < len(SIZES) - 2:
-            layers.append(torch.nn.ReLU())
-    model = torch.nn.Sequential(*layers)
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-
-    def step(xb, yb):
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(xb), yb)
-        loss.backward()
-        opt.step()
-    return _batches(x, y, bs, step)
+    return batches(x, y, bs, plain_torch_step(SIZES, lr))
 
 
 def epoch_ours(x, y, bs, lr, grapes, kernels: bool):
     cfg = TrainConfig.from_flat(dataset="fashion-mnist", layers=tuple(SIZES[1:-1]), seed=0)
     net = build_network(cfg, load_device_model("float32"), SIZES[0], SIZES[-1])
     learner = Learner(net, BP(net), GrapesParameters(mode=grapes), SGD())
-    return _batches(x, y, bs, lambda xb, yb: learner.step(xb, yb, lr), kernels)
+    def switch() -> None:  # the bundle on or off for this candidate's chunks
+        _step_kernels.ENABLED = kernels
+
+    return batches(x, y, bs, lambda xb, yb: learner.step(xb, yb, lr), switch)
 
 
 def _paired(ratios, num, den):

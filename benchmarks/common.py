@@ -19,6 +19,43 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def batches(x, y, bs: int, step, before=None):
+    """``run(rep, b0, b1)``: minibatches b0..b1-1 of epoch ``rep`` (a permutation seeded by
+    ``rep``, the same for every candidate) through ``step(x, y)``; ``before()`` runs first
+    (e.g. to set a switch for this candidate)."""
+    perms: dict[int, torch.Tensor] = {}
+
+    def run(rep: int, b0: int, b1: int) -> None:
+        if before is not None:
+            before()
+        p = perms.get(rep)
+        if p is None:
+            p = perms[rep] = torch.randperm(x.shape[0],
+                                            generator=torch.Generator().manual_seed(rep))
+        for b in range(b0, b1):
+            idx = p[b * bs:(b + 1) * bs]
+            step(x[idx], y[idx])
+    return run
+
+
+def plain_torch_step(sizes: list[int], lr: float):
+    """One SGD step of the plain PyTorch MLP ``sizes`` (nn.Linear without bias, ReLU,
+    autograd, torch.optim.SGD): the reference of the float benchmarks."""
+    layers = []
+    for i in range(len(sizes) - 1):
+        layers.append(torch.nn.Linear(sizes[i], sizes[i + 1], bias=False))
+        if i < len(sizes) - 2:
+            layers.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*layers)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+
+    def step(xb, yb):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(xb), yb).backward()
+        opt.step()
+    return step
+
+
 def interleaved(candidates: dict, repeats: int) -> dict[str, list[float]]:
     """Run each callable ``repeats`` times, interleaved; return seconds per call."""
     times: dict[str, list[float]] = {k: [] for k in candidates}
