@@ -210,6 +210,9 @@ def test_report_of_a_tuned_sweep(tmp_path):
     recs = [json.loads(x) for x in (out / RUNS_FILE).read_text().splitlines()]
     tune_recs = [r for r in recs if r.get("phase") == "tune"]
     assert "## Tuning" in md and "lr (tuned)" in md
+    # a finished tuned sweep is reported finished: its tuning runs count as planned results
+    assert "all have a result" in md and "no result yet" not in md
+    assert f"plus {len(tune_recs)} learning-rate tuning runs" in md
     for r in tune_recs:  # one tuning seed: each cell is that run's best validation accuracy
         assert f"{max(e['val_acc'] for e in r['epochs']):.4f}" in md
     chosen = {g["group"]: g["value"] for g in json.loads((out / TUNING_FILE).read_text())

@@ -283,10 +283,12 @@ def _what_ran(an: Analysis, fx) -> list[str]:
              f"- Seeds: {ranges_text(fx.seeds)}",
              f"- Cells (groups of runs that differ only in the seed): {fx.n_groups}, with "
              f"{fx.n_text()} finished run{'s' if fx.n_per_cell[1] != 1 else ''} each",
-             f"- Runs with results: **{len(an.runs)}** ({counts})."]
+             f"- Runs with results: **{len(an.runs)}** ({counts})"
+             + (f", plus {len(an.tune_runs)} learning-rate tuning runs." if an.tune_runs
+                else ".")]
     if st.get("runs") is not None:
         planned = {r["key"] for r in st["runs"]}
-        have = {r["key"] for r in an.runs}
+        have = {r["key"] for r in an.runs + an.tune_runs}
         missing, stale = planned - have, have - planned
         lines.append(f"- The study plans {len(planned)} runs; "
                      + (f"**{len(missing)} have no result yet** (the sweep is not finished; "
