@@ -139,3 +139,68 @@ def test_continual_uses_the_shared_epoch_loop_and_keeps_work_on_ctrl_c(monkeypat
     assert r["status"] == "interrupted"
     assert [c["epoch"] for c in r["curve"]] == [0, 1, 2, 3, 4]
     assert [c["task"] for c in r["curve"]] == [-1, 0, 0, 1, 1]
+
+
+def test_resume_keeps_finished_runs_and_trains_only_new_ones(tmp_path, monkeypatch):
+    """A second invocation on the same folder trains only the (rule, seed) pairs it lacks;
+    the records of a run that did not finish are dropped and that run starts over; a folder
+    of a study with other settings is refused, not overwritten."""
+    from grapes_hw.training import continual as cmod
+
+    base = TrainConfig.from_flat(dataset="digits", layers=(32,), lr=0.1, batch_size=32)
+    data = _tiny_digits()
+
+    def cc(rules, seeds=(0,), **kw):
+        return ContinualConfig(base=kw.pop("base", base), n_tasks=2, k_pixels=20,
+                               epochs_per_task=1, rules=rules, seeds=seeds, **kw)
+
+    s1 = run_continual(cc(("sgd", "grapes")), tmp_path, quiet=True, plots=False, dataset=data)
+    first = json.loads((tmp_path / "summary.json").read_text())["runs"]
+    assert [r["rule"] for r in s1["runs"]] == ["sgd", "grapes"]
+    # a killed third run leaves partial records in continual.jsonl and none in summary.json
+    with open(tmp_path / "continual.jsonl", "a") as f:
+        f.write(json.dumps({"backend": "float32", "rule": "lr-matched", "seed": 0, "epoch": 0,
+                            "acc": [0.5, 0.5]}) + "\n")
+    trained = []
+    real = cmod.run_sequence
+    monkeypatch.setattr(cmod, "run_sequence",
+                        lambda cfg, *a, **k: trained.append(cfg.rule.lr_matched) or real(cfg, *a, **k))
+    s2 = run_continual(cc(("sgd", "grapes", "lr-matched")), tmp_path, quiet=True, plots=True,
+                       dataset=data)
+    assert trained == [True]  # only the lr-matched control trained
+    assert [r["rule"] for r in s2["runs"]] == ["sgd", "grapes", "lr-matched"]
+    assert s2["runs"][:2] == first  # the finished runs kept as they were
+    lines = [json.loads(x) for x in open(tmp_path / "continual.jsonl")]
+    assert sum(r["rule"] == "lr-matched" for r in lines) == 1 + 2  # epoch 0 + 2 epochs, once
+    assert (tmp_path / "continual_float32.png").is_file()
+    comp = {(c["rule"], c["baseline"]) for c in s2["comparisons"]}
+    assert comp == {("grapes", "sgd"), ("lr-matched", "sgd"), ("grapes", "lr-matched")}
+    # another seed adds a run and the means now have a (ddof=1) spread
+    s3 = run_continual(cc(("sgd",), seeds=(1,)), tmp_path, quiet=True, plots=False, dataset=data)
+    sgd = [r["average_accuracy"] for r in s3["runs"] if r["rule"] == "sgd"]
+    row = next(m for m in s3["mean"] if m["rule"] == "sgd")
+    assert row["n_seeds"] == 2 and row["average_accuracy_std"] == pytest.approx(
+        float(np.std(sgd, ddof=1)))
+    assert s3["settings"]["seeds"] == [0, 1] and s3["settings"]["rules"][0] == "sgd"
+    with pytest.raises(ConfigError, match="differs in base.lr"):
+        run_continual(cc(("sgd",), base=base.replace(lr=0.05)), tmp_path, quiet=True,
+                      plots=False, dataset=data)
+    assert len(json.loads((tmp_path / "summary.json").read_text())["runs"]) == 4
+
+
+def test_continual_comparison_p_values():
+    from grapes_hw.training.continual import _comparisons
+
+    def run(rule, seed, acc):
+        return {"backend": "float32", "rule": rule, "seed": seed, "average_accuracy": acc,
+                "mean_forgetting": 0.1, "future_accuracy": [0.1, 0.2, 0.3]}
+
+    runs = [run("sgd", 0, 0.70), run("sgd", 1, 0.71), run("sgd", 2, 0.72),
+            run("grapes", 0, 0.80), run("grapes", 1, 0.82), run("grapes", 2, 0.81)]
+    (c,) = _comparisons(runs)
+    from scipy import stats
+
+    assert c["average_accuracy_welch_p"] == pytest.approx(
+        stats.ttest_ind([0.8, 0.82, 0.81], [0.7, 0.71, 0.72], equal_var=False).pvalue)
+    assert c["mean_future_accuracy"] == pytest.approx(0.25)
+    assert c["mean_forgetting_welch_p"] == 1.0  # equal, no spread

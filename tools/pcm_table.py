@@ -20,7 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from grapes_hw.studies.analysis import recheck, welch_p
+from grapes_hw.studies.analysis import recheck
+from grapes_hw.training.metrics import welch_p
 
 
 def rule_of(c: dict) -> str:

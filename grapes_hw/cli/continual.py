@@ -132,8 +132,19 @@ def cmd_continual(args: argparse.Namespace) -> int:
         print(f"{row['backend']:<10} {row['rule']:<12} final mean accuracy over tasks "
               f"{'n/a' if aa is None else f'{aa:.4f}'}  mean forgetting "
               f"{'n/a' if fg is None else f'{fg:.4f}'}")
+    for c in s.get("comparisons", []):
+        p = c.get("average_accuracy_welch_p")
+        a, b = (c["average_accuracy"], c["average_accuracy_baseline"])
+        print(f"{c['backend']:<10} {c['rule']} vs {c['baseline']}: final mean accuracy "
+              f"{'n/a' if a is None else f'{a:.4f}'} vs {'n/a' if b is None else f'{b:.4f}'}, "
+              f"Welch p "
+              f"{'n/a' if p is None else f'{p:.3g}'} ({c['n']} and {c['n_baseline']} seeds)")
     print(f"-> {out}/summary.json, {out}/continual.jsonl"
           + ("" if args.no_plots else ", plots"), file=sys.stderr)
+    if s.get("interrupted"):
+        print(f"interrupted: the {len(s['runs'])} finished runs are kept in {out}; the same "
+              "command continues with the others", file=sys.stderr)
+        return 130
     return 0
 
 

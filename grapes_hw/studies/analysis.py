@@ -108,19 +108,6 @@ def mean_std(values: list[Any]) -> tuple[float, float, int]:
     return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else math.nan, int(a.size)
 
 
-def welch_p(a: list[float], b: list[float]) -> float:
-    """Two-sided Welch t-test p value (``scipy.stats.ttest_ind(equal_var=False)``); nan with
-    fewer than 2 values on a side; with no spread on either side 0 if the means differ, else
-    1 (scipy gives nan there)."""
-    if len(a) < 2 or len(b) < 2:
-        return math.nan
-    if min(a) == max(a) and min(b) == max(b):
-        return 0.0 if a[0] != b[0] else 1.0
-    from scipy import stats
-
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
-
-
 def flat_config(cfg: dict) -> dict:
     """A run's config with ``extra`` tables flattened to dotted ``extra.*`` names."""
     out: dict[str, Any] = {}

@@ -41,10 +41,15 @@ from grapes_hw.studies.analysis import (
     facts,
     load,
     n_classes,
-    welch_p,
     write_csv,
 )
-from grapes_hw.training.metrics import CHANCE_MARGIN, MAX_SLOWNESS_FACTOR, MIN_EPOCHS, SLOWNESS_ZERO
+from grapes_hw.training.metrics import (
+    CHANCE_MARGIN,
+    MAX_SLOWNESS_FACTOR,
+    MIN_EPOCHS,
+    SLOWNESS_ZERO,
+    welch_p,
+)
 
 OUTPUTS = ("summary.csv", "learning_curves.csv", "flagged_runs.csv", "comparisons.csv",
            "acc_vs_bits.csv", "acc_vs_noise.csv", "drift.csv", "best_test_acc.png",

@@ -40,7 +40,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -238,11 +238,79 @@ def summarize(curve: list[dict], n_tasks: int, epochs_per_task: int) -> dict:
 
 
 # ---- the study ----------------------------------------------------------------------------------
+RUN_FIELDS = ("backend", "rule", "seed", "status", "lr_effective", "R", "average_accuracy",
+              "forgetting", "mean_forgetting", "backward_transfer", "future_accuracy",
+              "optimizer_state_bytes", "seconds")
+"""What ``summary.json`` keeps of each finished run (its curve is in ``continual.jsonl``)."""
+
+_PER_RUN = ("rules", "backends", "seeds")
+"""Settings that may grow between invocations on one folder; the others must match."""
+
+
+def _label(r: dict) -> tuple:
+    return (r["backend"], r["rule"], int(r["seed"]))
+
+
+def _union(a, b) -> list:
+    return list(a) + [v for v in b if v not in a]
+
+
+def _previous_runs(out: Path, settings: dict) -> tuple[list[dict], float]:
+    """The finished runs of an earlier invocation on ``out`` (with their curves), and the
+    seconds it spent; ([], 0) for a new folder. A folder holding another study's runs is an
+    error (``--out``) rather than overwritten; records of a run that did not finish (killed)
+    are dropped so that run starts over."""
+    sfile, jfile = out / "summary.json", out / "continual.jsonl"
+    if not sfile.exists():
+        if jfile.exists() and jfile.stat().st_size:
+            raise ConfigError("--out", f"{out} holds continual.jsonl but no summary.json (an "
+                                       "older, unfinished study); move it or choose another "
+                                       "folder")
+        return [], 0.0
+    old = json.loads(sfile.read_text())
+    mine = {k: v for k, v in settings.items() if k not in _PER_RUN}
+    theirs = {k: v for k, v in old.get("settings", {}).items() if k not in _PER_RUN}
+    for d in (mine, theirs):  # where the data was read from is not a setting
+        d["base"] = {k: v for k, v in d.get("base", {}).items()
+                     if k not in ("data_dir", "download")}
+        d.get("dataset", {}).pop("source", None)
+    if mine != theirs:
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if "base" in diff:
+            b1, b2 = mine.get("base", {}), theirs.get("base", {})
+            diff = [d for d in diff if d != "base"] + sorted(
+                f"base.{k}" for k in set(b1) | set(b2) if b1.get(k) != b2.get(k))
+        raise ConfigError("--out", f"{out} holds a continual study with other settings "
+                                   f"(differs in {', '.join(diff)}); choose another folder")
+    done = {_label(r): dict(r) for r in old.get("runs", [])}
+    curves: dict[tuple, list[dict]] = {k: [] for k in done}
+    keep = []
+    for line in jfile.read_text().splitlines() if jfile.exists() else []:
+        rec = json.loads(line)
+        if _label(rec) in done:
+            keep.append(line)
+            curves[_label(rec)].append({k: v for k, v in rec.items()
+                                        if k not in ("backend", "rule", "seed")})
+    for key, r in done.items():
+        if not curves[key]:
+            raise ConfigError("--out", f"{out}/continual.jsonl lacks the curve of the finished "
+                                       f"run {key}; the folder is damaged")
+        r["curve"] = curves[key]
+    jfile.write_text("".join(x + "\n" for x in keep))
+    return list(done.values()), float(old.get("seconds_total", 0.0))
+
+
 def run_continual(cc: ContinualConfig, out_dir: str | os.PathLike, *, quiet: bool = False,
                   plots: bool = True, dataset=None) -> dict:
-    """Every (backend, rule, seed) of ``cc``; writes continual.jsonl, summary.json, plots."""
+    """Every (backend, rule, seed) of ``cc``; writes continual.jsonl, summary.json, plots.
+
+    Resumable: ``summary.json`` is rewritten after every finished run, and a second
+    invocation on the same folder with the same settings keeps the runs it finds finished
+    and trains only the others (so adding a rule or a seed trains only that). The summary and
+    plots then cover every run in the folder."""
     from grapes_hw.backends.registry import load_device_model
     from grapes_hw.data.datasets import load_dataset
+    from grapes_hw.training.driver import versions
 
     cc.check()
     for b in cc.backends:
@@ -258,58 +326,69 @@ def run_continual(cc: ContinualConfig, out_dir: str | os.PathLike, *, quiet: boo
     if not 0 <= k <= n_pixels or k == 1:
         raise ConfigError("k", f"gives {k} pixels for {n_pixels}-pixel images; "
                                  f"need 0 or 2..{n_pixels}")
-    runs = []
-    jsonl = out / "continual.jsonl"
+    settings = {"n_tasks": cc.n_tasks, "k": cc.k, "k_pixels": k, "n_pixels": n_pixels,
+                "epochs_per_task": cc.epochs_per_task, "rules": list(cc.rules),
+                "backends": list(cc.backends), "seeds": list(cc.seeds),
+                "base": {**to_dict(base.flat()),
+                         "layers": [int(v) for v in base.network.layers]},
+                "dataset": {"name": data.name, "source": data.source,
+                            "n_train": int(data.x_train.shape[0]),
+                            "n_test": int(data.x_test.shape[0])}}
+    runs, seconds_before = _previous_runs(out, settings)
+    for key in ("rules", "backends", "seeds"):
+        settings[key] = _union(list(dict.fromkeys(r[key[:-1]] for r in runs)), settings[key])
     t_start = time.perf_counter()
-    with open(jsonl, "w") as f:
-        for backend in cc.backends:
-            for rule in cc.rules:
-                for seed in cc.seeds:
-                    cfg = cc.rule_config(rule, backend, seed)
-                    label = {"backend": backend, "rule": rule, "seed": seed}
+    allcc = replace(cc, rules=tuple(settings["rules"]), backends=tuple(settings["backends"]),
+                    seeds=tuple(settings["seeds"]))
 
-                    def on_epoch(rec, label=label):
-                        f.write(json.dumps({**label, **rec}) + "\n")
-                        f.flush()
-                        if not quiet and rec["epoch"]:
-                            accs = " ".join("  -  " if a is None else f"{a:.3f}"
-                                            for a in rec["acc"])
-                            print(f"{label['backend']:<10} {label['rule']:<12} "
-                                  f"seed {label['seed']} epoch {rec['epoch']:3d} "
-                                  f"(task {rec['task']})  acc per task: {accs}", flush=True)
+    def write_summary() -> dict:
+        summary = {"settings": settings,
+                   "runs": [{key: r[key] for key in RUN_FIELDS if key in r} for r in runs],
+                   "mean": _means(runs), "comparisons": _comparisons(runs),
+                   "seconds_total": seconds_before + time.perf_counter() - t_start,
+                   "versions": versions()}
+        tmp = out / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=1) + "\n")
+        tmp.replace(out / "summary.json")
+        return summary
 
-                    r = run_sequence(cfg, data, cc.n_tasks, k, cc.epochs_per_task, on_epoch)
-                    r.update(label)
-                    runs.append(r)
-    summary = {
-        "settings": {"n_tasks": cc.n_tasks, "k": cc.k, "k_pixels": k, "n_pixels": n_pixels,
-                     "epochs_per_task": cc.epochs_per_task, "rules": list(cc.rules),
-                     "backends": list(cc.backends), "seeds": list(cc.seeds),
-                     "base": {**to_dict(base.flat()),
-                              "layers": [int(v) for v in base.network.layers]},
-                     "dataset": {"name": data.name, "source": data.source,
-                                 "n_train": int(data.x_train.shape[0]),
-                                 "n_test": int(data.x_test.shape[0])}},
-        "runs": [{key: r[key] for key in ("backend", "rule", "seed", "status", "lr_effective",
-                                          "R", "average_accuracy", "forgetting",
-                                          "mean_forgetting", "backward_transfer",
-                                          "future_accuracy", "optimizer_state_bytes")
-                  if key in r} for r in runs],
-        "mean": _means(runs),
-        "seconds_total": time.perf_counter() - t_start,
-    }
-    from grapes_hw.training.driver import versions
+    finished = {_label(r) for r in runs}
+    todo = [(b, r, s) for b in cc.backends for r in cc.rules for s in cc.seeds
+            if (b, r, s) not in finished]
+    if runs and not quiet:
+        print(f"{out}: {len(runs)} finished runs kept, {len(todo)} to run", flush=True)
+    interrupted = False
+    with open(out / "continual.jsonl", "a") as f:
+        for backend, rule, seed in todo:
+            label = {"backend": backend, "rule": rule, "seed": seed}
 
-    summary["versions"] = versions()
-    with open(out / "summary.json", "w") as fh:
-        json.dump(summary, fh, indent=1)
-        fh.write("\n")
-    if plots:
-        summary["plots"] = plot_continual(runs, cc, out)
+            def on_epoch(rec, label=label):
+                f.write(json.dumps({**label, **rec}) + "\n")
+                f.flush()
+                if not quiet and rec["epoch"]:
+                    accs = " ".join("  -  " if a is None else f"{a:.3f}" for a in rec["acc"])
+                    print(f"{label['backend']:<10} {label['rule']:<12} seed {label['seed']} "
+                          f"epoch {rec['epoch']:3d} (task {rec['task']})  acc per task: "
+                          f"{accs}", flush=True)
+
+            r = run_sequence(cc.rule_config(rule, backend, seed), data, cc.n_tasks, k,
+                             cc.epochs_per_task, on_epoch)
+            if r["status"] == "interrupted":  # not finished: the next invocation reruns it
+                interrupted = True
+                break
+            r.update(label)
+            r["seconds"] = float(sum(c["seconds"] for c in r["curve"]))
+            runs.append(r)
+            write_summary()
+    summary = write_summary()
+    summary["interrupted"] = interrupted
+    if plots and runs:
+        summary["plots"] = plot_continual(runs, allcc, out)
     return summary
 
 
 def _means(runs: list[dict]) -> list[dict]:
+    """Per (backend, rule): mean and sample std (ddof=1; None for one seed) over seeds."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         groups.setdefault((r["backend"], r["rule"]), []).append(r)
@@ -319,8 +398,46 @@ def _means(runs: list[dict]) -> list[dict]:
         for key in ("average_accuracy", "mean_forgetting", "backward_transfer"):
             vals = [r.get(key) for r in rs if r.get(key) is not None]
             row[key] = float(np.mean(vals)) if vals else None
-            row[key + "_std"] = float(np.std(vals)) if vals else None
+            row[key + "_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
         out.append(row)
+    return out
+
+
+COMPARED = ("average_accuracy", "mean_forgetting", "mean_future_accuracy")
+"""Per-run numbers the summary compares between rules (Welch t-test over seeds)."""
+
+
+def _comparisons(runs: list[dict]) -> list[dict]:
+    """Each GRAPES rule against plain SGD, and GRAPES (propagating) against the lr-matched
+    control, on the same backend: means and the two-sided Welch p of every ``COMPARED``
+    number (future accuracy: the mean over tasks 1.. of the accuracy before training them)."""
+    from grapes_hw.training.metrics import welch_p
+
+    def value(r: dict, key: str):
+        if key == "mean_future_accuracy":
+            fa = r.get("future_accuracy")
+            return float(np.mean(fa[1:])) if fa and len(fa) > 1 else None
+        return r.get(key)
+
+    pairs = [(g, "sgd") for g in ("grapes", "grapes-local", "lr-matched")]
+    pairs.append(("grapes", "lr-matched"))
+    out = []
+    for backend in dict.fromkeys(r["backend"] for r in runs):
+        for rule, baseline in pairs:
+            a = [r for r in runs if r["backend"] == backend and r["rule"] == rule]
+            b = [r for r in runs if r["backend"] == backend and r["rule"] == baseline]
+            if not a or not b:
+                continue
+            row = {"backend": backend, "rule": rule, "baseline": baseline,
+                   "n": len(a), "n_baseline": len(b)}
+            for key in COMPARED:
+                va = [v for v in (value(r, key) for r in a) if v is not None]
+                vb = [v for v in (value(r, key) for r in b) if v is not None]
+                row[key] = float(np.mean(va)) if va else None
+                row[key + "_baseline"] = float(np.mean(vb)) if vb else None
+                p = welch_p(va, vb)
+                row[key + "_welch_p"] = None if math.isnan(p) else p
+            out.append(row)
     return out
 
 

@@ -108,3 +108,16 @@ def fit_plateau(test_acc: list[float] | np.ndarray, max_epochs: int = 100,
         return {"max_accuracy": None, "slowness": None, "ok": False, "reason": "non-finite fit"}
     reason = plateau_check(float(a), float(s), acc, n_classes, max_epochs)
     return {"max_accuracy": float(a), "slowness": float(s), "ok": not reason, "reason": reason}
+
+
+def welch_p(a: list[float], b: list[float]) -> float:
+    """Two-sided Welch t-test p value (``scipy.stats.ttest_ind(equal_var=False)``); nan with
+    fewer than 2 values on a side; with no spread on either side 0 if the means differ, else
+    1 (scipy gives nan there)."""
+    if len(a) < 2 or len(b) < 2:
+        return math.nan
+    if min(a) == max(a) and min(b) == max(b):
+        return 0.0 if a[0] != b[0] else 1.0
+    from scipy import stats
+
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
