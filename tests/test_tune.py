@@ -126,6 +126,11 @@ def test_tuned_sweep_end_to_end(tmp_path):
         by_grapes.setdefault(key, set()).add(c["lr"])
     assert all(len(v) == 1 for v in by_grapes.values())
     assert by_grapes["matched"] == by_grapes["propagating"]
+    # one worker: each group's seeds run right after its tuning, before the next group's
+    # tuning (the lr-matched control right after the GRAPES group it takes its lr from)
+    phases = ["T" if r.get("phase") == "tune" else "S" for r in recs]
+    assert "".join(phases) == "TTSSTTSSSS"
+    assert {r["config"]["grapes"] for r in recs[:4]} == {"off"}
     # resumes with nothing to do
     s2 = run_sweep(study, out=str(out), workers=1, quiet=True)
     assert s2.ran == 0 and s2.skipped == 10
@@ -182,6 +187,15 @@ def test_sigkill_in_both_phases_then_resume(tmp_path):
     assert all(r.get("phase") == "tune" for r in first) and len(first) < 4
     # ... and during the seed phase (one of 4 study runs done)
     _kill_when(cmd, runs, lambda rs: any(r.get("phase") is None for r in rs))
+    # the first group is tuned and seeding, the second not tuned yet: study.json plans the
+    # first group's 2 seed runs and counts the second's as waiting, and the report says so
+    planned = json.loads((out / "study.json").read_text())
+    assert sum(r["phase"] == "study" for r in planned["runs"]) == 2
+    assert planned["waiting_for_tuning"] == 2
+    from grapes_hw.studies.report import write_report
+
+    md = write_report(out).read_text()
+    assert "The study plans 8 runs" in md and "2 wait for their group's tuning" in md
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     recs = [json.loads(x) for x in runs.read_text().splitlines()]
@@ -213,6 +227,8 @@ def test_report_of_a_tuned_sweep(tmp_path):
     # a finished tuned sweep is reported finished: its tuning runs count as planned results
     assert "all have a result" in md and "no result yet" not in md
     assert f"plus {len(tune_recs)} learning-rate tuning runs" in md
+    tune_s = sum(r["seconds_total"] for r in tune_recs)
+    assert f"{tune_s / 60:.0f} min for tuning" in md  # compute, from the runs' own records
     for r in tune_recs:  # one tuning seed: each cell is that run's best validation accuracy
         assert f"{max(e['val_acc'] for e in r['epochs']):.4f}" in md
     chosen = {g["group"]: g["value"] for g in json.loads((out / TUNING_FILE).read_text())

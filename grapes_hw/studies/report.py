@@ -291,13 +291,22 @@ def _what_ran(an: Analysis, fx) -> list[str]:
              f"- Runs with results: **{len(an.runs)}** ({counts})"
              + (f", plus {len(an.tune_runs)} learning-rate tuning runs." if an.tune_runs
                 else ".")]
+    secs = [sum(float(r.get("seconds_total") or 0.0) for r in rs)
+            for rs in (an.runs, an.tune_runs)]
+    lines.append(f"- Compute: {_hours(secs[0] + secs[1])} in all, the sum of the runs' "
+                 "wall-clock times (each run on one worker)"
+                 + (f": {_hours(secs[0])} for the study's runs, {_hours(secs[1])} for "
+                    "tuning." if an.tune_runs else "."))
     if st.get("runs") is not None:
         planned = {r["key"] for r in st["runs"]}
         have = {r["key"] for r in an.runs + an.tune_runs}
         missing, stale = planned - have, have - planned
-        lines.append(f"- The study plans {len(planned)} runs; "
-                     + (f"**{len(missing)} have no result yet** (the sweep is not finished; "
-                        "numbers below are partial)." if missing else "all have a result.")
+        waiting = int(st.get("waiting_for_tuning") or 0)
+        lines.append(f"- The study plans {len(planned) + waiting} runs; "
+                     + (f"**{len(missing) + waiting} have no result yet** (the sweep is not "
+                        "finished; numbers below are partial"
+                        + (f"; {waiting} wait for their group's tuning" if waiting else "")
+                        + ")." if missing or waiting else "all have a result.")
                      + (f" {len(stale)} results are from runs no longer in the study file; "
                         "they are included." if stale else ""))
     lines.append("")
@@ -310,6 +319,11 @@ def _what_ran(an: Analysis, fx) -> list[str]:
         if st.get("description"):
             lines += [f"*Description.* {st['description']}", ""]
     return lines
+
+
+def _hours(seconds: float) -> str:
+    """``"1.43 h"`` or, under an hour, ``"12 min"``."""
+    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 
 def ranges_text(seeds: list[int]) -> str:

@@ -83,12 +83,36 @@ def check_done(specs: list[RunSpec], done: dict[str, dict], models: dict[str, di
     return todo, stale
 
 
-def _study_json(study: Study, runs: list[RunSpec]) -> dict:
+def _study_json(study: Study, runs: list[RunSpec], waiting: int = 0) -> dict:
+    """``study.json``: the study's text and its planned runs; in a tuned study the tuning
+    runs, the study's runs of the groups tuned so far and how many more wait for tuning."""
     return {"name": study.name, "description": study.description, "question": study.question,
             "path": study.path, "quick": study.quick, "requires": study.requires,
             "tune": study.tune.to_dict() if study.tune is not None else None,
             "runs": [{"key": s.key, "label": s.label, "config": s.config_dict(),
-                      "phase": s.phase} for s in runs]}
+                      "phase": s.phase} for s in runs],
+            "waiting_for_tuning": waiting}
+
+
+def _tune_label(spec: RunSpec, tuned: str) -> dict:
+    return {k: v for k, v in spec.label.items() if k not in ("seed", tuned)}
+
+
+def _tune_chunks(tune_runs: list[RunSpec], min_runs: int) -> list[list[RunSpec]]:
+    """The tuning runs cut into consecutive whole groups of at least ``min_runs`` runs (the
+    last may be smaller): the sweep runs a chunk's tuning, then the seeds of the groups it
+    tuned, then the next chunk. So a sweep stopped part-way leaves finished groups, tuned
+    and seeded, rather than a tuning phase with no study runs; ``min_runs`` (twice the local
+    workers; all runs at once on Dask) keeps every worker busy within a chunk."""
+    by_group: dict[str, list[RunSpec]] = {}
+    for r in tune_runs:
+        by_group.setdefault(r.meta["tune_group"], []).append(r)
+    chunks: list[list[RunSpec]] = [[]]
+    for runs in by_group.values():
+        if len(chunks[-1]) >= min_runs:
+            chunks.append([])
+        chunks[-1].extend(runs)
+    return [c for c in chunks if c]
 
 
 def run_sweep(study: Study | str | Path, *, out: str | None = None, workers: int = 2,
@@ -131,7 +155,7 @@ def run_sweep(study: Study | str | Path, *, out: str | None = None, workers: int
             for s in specs:
                 if s not in todo:
                     summary.statuses[done[s.key].get("status", "?")] += 1
-            if not quiet:
+            if not quiet and (todo or study.tune is None):
                 log(f"study {study.name}{' (quick)' if study.quick else ''}{what}: "
                     f"{len(specs)} runs, {skipped} already done, {len(todo)} to run on "
                     f"{backend} -> {runs_path}")
@@ -143,20 +167,42 @@ def run_sweep(study: Study | str | Path, *, out: str | None = None, workers: int
             write_json_atomic(out_dir / STUDY_FILE, _study_json(study, study.runs))
             execute(study.runs, "")
         else:
-            _, _, tune_runs = tuning_plan(study)
-            write_json_atomic(out_dir / STUDY_FILE, _study_json(study, tune_runs))
-            execute(tune_runs, f", tuning {study.tune.field}")
-            choices, missing = tuning_choices(study, done)
-            write_json_atomic(out_dir / TUNING_FILE, tuning_report(study, choices))
-            finals, waiting = final_runs(study, choices)
-            write_json_atomic(out_dir / STUDY_FILE, _study_json(study, tune_runs + finals))
-            if waiting:  # tuning runs in error (a finished sweep always has every choice)
-                log(f"warning: {waiting} runs wait for tuning runs that did not finish "
-                    f"({len(missing)} missing)")
+            _, links, tune_runs = tuning_plan(study)
+
+            def refresh() -> list[RunSpec]:
+                """Choices from the tuning runs done so far -> tuning.json, and study.json
+                listing the tuning runs and the study's runs of the groups tuned so far."""
+                choices, _ = tuning_choices(study, done)
+                write_json_atomic(out_dir / TUNING_FILE, tuning_report(study, choices))
+                finals, waiting = final_runs(study, choices)
+                write_json_atomic(out_dir / STUDY_FILE,
+                                  _study_json(study, tune_runs + finals, waiting))
+                return finals
+
+            refresh()
+            started: set[str] = set()
+            for chunk in _tune_chunks(tune_runs, 2 * workers if not (scheduler or dask_local)
+                                      else len(tune_runs)):
+                gids = {r.meta["tune_group"] for r in chunk}
+                execute(chunk, f", tuning {study.tune.field}"
+                        + (f" ({label_text(_tune_label(chunk[0], study.tune.field))})"
+                           if len(gids) == 1 else ""))
+                ready = [f for f in refresh() if f.key not in started and (
+                    f.meta["tune_group"] in gids or links.get(f.meta["tune_group"]) in gids)]
+                started |= {f.key for f in ready}
+                if ready:
+                    execute(ready, f", at the tuned {study.tune.field}")
+            finals = refresh()
+            rest = [f for f in finals if f.key not in started]  # e.g. no tuning runs at all
+            if rest:
+                execute(rest, f", at the tuned {study.tune.field}")
+            waiting = len(study.runs) - len(finals)
+            if waiting:  # tuning runs interrupted (a finished sweep always has every choice)
+                log(f"warning: {waiting} runs wait for tuning runs that did not finish")
+            choices, _ = tuning_choices(study, done)
             for c in choices.values():
                 if c.note and not quiet:
                     log(f"tuning {c.group}: {study.tune.field} = {c.value} ({c.note})")
-            execute(finals, f", at the tuned {study.tune.field}")
     summary.seconds = time.time() - t0
     return summary
 
