@@ -163,8 +163,12 @@ def test_resume_keeps_finished_runs_and_trains_only_new_ones(tmp_path, monkeypat
                             "acc": [0.5, 0.5]}) + "\n")
     trained = []
     real = cmod.run_sequence
-    monkeypatch.setattr(cmod, "run_sequence",
-                        lambda cfg, *a, **k: trained.append(cfg.rule.lr_matched) or real(cfg, *a, **k))
+
+    def spy(cfg, *a, **k):
+        trained.append(cfg.rule.lr_matched)
+        return real(cfg, *a, **k)
+
+    monkeypatch.setattr(cmod, "run_sequence", spy)
     s2 = run_continual(cc(("sgd", "grapes", "lr-matched")), tmp_path, quiet=True, plots=True,
                        dataset=data)
     assert trained == [True]  # only the lr-matched control trained

@@ -123,7 +123,7 @@ def test_readme_continual_commands_are_the_papers_settings(monkeypatch):
         assert b["dropout"] == 0.1 and b["optimizer"] == "sgd" and b["lr"] == 0.001
         assert b["batch_size"] == 64
         assert cc.n_tasks == 5 and cc.epochs_per_task == 10 and cc.k_pixels is None
-        assert cc.rules == ("sgd", "grapes") and cc.seeds == (0, 1, 2)
+        assert cc.rules == ("sgd", "grapes", "lr-matched") and cc.seeds == (0, 1, 2)
         assert cc.backends == ("float32",)
         for rule in cc.rules:  # the dropout reaches every rule's run
             assert cc.rule_config(rule, "float32", 0).network.dropout == 0.1
