@@ -1,17 +1,21 @@
 """The rule x backend table of docs/results.md, from a tuned PCM sweep's runs.jsonl.
 
     python tools/pcm_table.py studies/results/pcm_insitu
+    python tools/pcm_table.py studies/results/crossbar --vs-backend pcm-insitu
 
 One row per (backend, rule), from the study's runs (tuning runs left out): best test accuracy
 mean ± std over the seeds that finished (n), the tuned lr, the plateau-fit slowness (accepted
 fits only, re-checked), pulses per epoch (estimated programming steps on aihwkit tiles;
 "digital writes" for float), digital memory (the weights' digital accumulator where the device
 has one, plus optimizer state, in bytes) and the Welch p value against SGD on the same
-backend (n/a with fewer than 2 runs on a side). Prints Markdown.
+backend (n/a with fewer than 2 runs on a side). With ``--vs-backend B`` a last column gives
+each row's accuracy difference to the same rule on backend B, in points, with its Welch p
+(the crossbar table: every periphery setting against the unchanged recipe). Prints Markdown.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import statistics
@@ -40,23 +44,37 @@ def fmt(vals: list[float], digits: int = 3) -> str:
     return f"{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
 
 
-def main(folder: str) -> int:
-    recs = [json.loads(x) for x in (Path(folder) / "runs.jsonl").read_text().splitlines()
-            if x.strip()]
+def load_runs(folder: str) -> list[dict]:
+    """The study's finished runs (latest record per key; tuning runs left out), re-checked."""
+    path = Path(folder) / "runs.jsonl"
+    if not path.is_file():
+        raise SystemExit(f"pcm_table: no runs.jsonl in {folder}")
     last: dict[str, dict] = {}
-    for r in recs:
-        last[r["key"]] = r
-    runs = [recheck(r) for r in last.values() if r.get("phase") is None
+    for x in path.read_text().splitlines():
+        if x.strip():
+            r = json.loads(x)
+            last[r["key"]] = r
+    return [recheck(r) for r in last.values() if r.get("phase") is None
             and r.get("status") in ("ok", "diverged")]
+
+
+def table(runs: list[dict], vs_backend: str | None = None) -> list[str]:
+    """The Markdown lines of the rule x backend table."""
     cells: dict[tuple[str, str], list[dict]] = {}
     for r in runs:
         cells.setdefault((r["config"]["backend"], rule_of(r["config"])), []).append(r)
     order = ["SGD", "SGD + GRAPES (propagating)", "SGD + GRAPES (local)",
              "SGD, lr-matched control", "momentum", "momentum + GRAPES (propagating)"]
     backends = list(dict.fromkeys(b for b, _ in sorted(cells, key=lambda k: k[0])))
-    print("| backend | rule | n | lr | best test acc | slowness | pulses / epoch | digital "
-          "memory (B) | Welch p vs SGD |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    if vs_backend is not None:
+        if vs_backend not in backends:
+            raise SystemExit(f"pcm_table: --vs-backend {vs_backend!r} has no runs here; "
+                             f"backends: {', '.join(backends)}")
+        backends = [vs_backend] + [b for b in backends if b != vs_backend]
+    extra = f" Δ vs {vs_backend} (Welch p) |" if vs_backend else ""
+    lines = ["| backend | rule | n | lr | best test acc | slowness | pulses / epoch | digital "
+             "memory (B) | Welch p vs SGD |" + extra,
+             "|---|---|---|---|---|---|---|---|---|" + ("---|" if vs_backend else "")]
     for b in backends:
         sgd = [r["best_test_acc"] for r in cells.get((b, "SGD"), [])]
         for rule in order:
@@ -73,12 +91,30 @@ def main(folder: str) -> int:
             p = welch_p(acc, sgd) if rule != "SGD" else math.nan
             pulse_txt = (f"{statistics.mean(pulses):.3g}" if unit.startswith("estimated")
                          else "digital writes")
-            print(f"| {b} | {rule} | {len(rs)} | {'/'.join(f'{v:.3g}' for v in lr)} | "
-                  f"{fmt(acc)} | {fmt(slow, 2) if slow else 'n/a'} | {pulse_txt} | "
-                  f"{statistics.mean(mem):.3g} | "
-                  f"{'n/a' if math.isnan(p) else f'{p:.2g}'} |")
+            row = (f"| {b} | {rule} | {len(rs)} | {'/'.join(f'{v:.3g}' for v in lr)} | "
+                   f"{fmt(acc)} | {fmt(slow, 2) if slow else 'n/a'} | {pulse_txt} | "
+                   f"{statistics.mean(mem):.3g} | {'n/a' if math.isnan(p) else f'{p:.2g}'} |")
+            if vs_backend:
+                ref = [r["best_test_acc"] for r in cells.get((vs_backend, rule), [])]
+                if b == vs_backend or not ref:
+                    row += " |"
+                else:
+                    q = welch_p(acc, ref)
+                    d = 100 * (statistics.mean(acc) - statistics.mean(ref))
+                    row += f" {d:+.1f} ({'n/a' if math.isnan(q) else f'{q:.2g}'}) |"
+            lines.append(row)
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("folder", nargs="?", default="studies/results/pcm_insitu")
+    ap.add_argument("--vs-backend", default=None, metavar="B",
+                    help="add each row's difference to the same rule on backend B")
+    args = ap.parse_args(argv)
+    print("\n".join(table(load_runs(args.folder), args.vs_backend)))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "studies/results/pcm_insitu"))
+    sys.exit(main())
