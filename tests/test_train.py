@@ -144,3 +144,23 @@ def test_one_driver_for_every_model(monkeypatch):
         keys[model] = set(r)
     assert loops == list(MODELS)
     assert len({frozenset(k) for k in keys.values()}) == 1
+
+
+def test_results_record_the_source_commit():
+    """Every result's versions carry the commit of the checkout the code came from, so two
+    results of one run key made by different code can be told apart."""
+    import subprocess
+    from pathlib import Path
+
+    from grapes_hw.training.driver import versions
+
+    root = Path(__file__).resolve().parent.parent
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                          text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
+    commit = versions()["git"]
+    assert commit.split("+")[0] == head.stdout.strip()[:12]
+    assert commit.endswith("+dirty") == bool(subprocess.run(
+        ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
+         str(root / "grapes_hw")], capture_output=True, text=True).stdout.strip())

@@ -9,12 +9,14 @@ weight stops the run) and Ctrl-C (the partial epoch is kept, the run marked inte
 
 from __future__ import annotations
 
+import functools
 import math
 import platform
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,13 +41,39 @@ if TYPE_CHECKING:  # pragma: no cover - annotations only
 
 
 def versions() -> dict:
+    """Versions of the package and its libraries, recorded with every result; ``git``: the
+    commit of the grapes_hw checkout the code was imported from (``+dirty`` with uncommitted
+    changes to tracked files), so two results of one run key can be told apart by code."""
     out = {"grapes_hw": __version__, "python": platform.python_version(),
            "torch": torch.__version__, "numpy": np.__version__}
     for mod in ("scipy", "sklearn", "numba", "aihwkit"):
         m = sys.modules.get(mod)
         if m is not None:
             out[mod] = getattr(m, "__version__", "?")
+    commit = source_commit()
+    if commit is not None:
+        out["git"] = commit
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def source_commit() -> str | None:
+    """The git commit of the checkout holding this package, as of the first call in this
+    process (the code it imported); None outside a git checkout or without git."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"],
+                              capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain",
+                                "--untracked-files=no", "--", str(here.parent)],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip()[:12] + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def build_network(cfg: TrainConfig, model: DeviceModel | Any, n_in: int, n_out: int) -> Network:
