@@ -59,3 +59,16 @@ def test_unknown_reference_backend_is_an_error(tmp_path):
     (tmp_path / "runs.jsonl").write_text(json.dumps(run("ref", "sgd", "off", 0, 0.8)) + "\n")
     with pytest.raises(SystemExit, match="has no runs here; backends: ref"):
         pcm_table.main([str(tmp_path), "--vs-backend", "nope"])
+
+
+def test_folders_pool_and_a_key_in_two_folders_counts_twice(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    ra = [run("pcm", "sgd", "off", s, acc) for s, acc in enumerate([0.85, 0.852])]
+    rb = [run("pcm", "sgd", "off", 0, 0.843), run("other", "sgd", "off", 0, 0.5)]
+    (a / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ra))
+    (b / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rb))
+    assert pcm_table.main([str(a), str(b), "--backend", "pcm"]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert len(rows) == 1 and "| pcm | SGD | 3 |" in rows[0]  # seed 0 twice: a replicate

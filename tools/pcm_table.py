@@ -2,6 +2,7 @@
 
     python tools/pcm_table.py studies/results/pcm_insitu
     python tools/pcm_table.py studies/results/crossbar --vs-backend pcm-insitu
+    python tools/pcm_table.py studies/results/{pcm_insitu,crossbar} --backend pcm-insitu
 
 One row per (backend, rule), from the study's runs (tuning runs left out): best test accuracy
 mean ± std over the seeds that finished (n), the tuned lr, the plateau-fit slowness (accepted
@@ -10,7 +11,12 @@ fits only, re-checked), pulses per epoch (estimated programming steps on aihwkit
 has one, plus optimizer state, in bytes) and the Welch p value against SGD on the same
 backend (n/a with fewer than 2 runs on a side). With ``--vs-backend B`` a last column gives
 each row's accuracy difference to the same rule on backend B, in points, with its Welch p
-(the crossbar table: every periphery setting against the unchanged recipe). Prints Markdown.
+(the crossbar table: every periphery setting against the unchanged recipe). Several folders
+are pooled: a cell then holds the runs of that (backend, rule) from all of them (the lr column
+lists every lr among them), and a
+run key recorded in two folders counts twice (on devices whose noise cannot be seeded, such
+as aihwkit's pulsed tiles, the same configuration run again is a fresh replicate); ``n`` says
+how many. ``--backend`` keeps only the named backends. Prints Markdown.
 """
 
 from __future__ import annotations
@@ -45,7 +51,8 @@ def fmt(vals: list[float], digits: int = 3) -> str:
 
 
 def load_runs(folder: str) -> list[dict]:
-    """The study's finished runs (latest record per key; tuning runs left out), re-checked."""
+    """The study's finished runs (latest record per key within the folder; tuning runs left
+    out), re-checked."""
     path = Path(folder) / "runs.jsonl"
     if not path.is_file():
         raise SystemExit(f"pcm_table: no runs.jsonl in {folder}")
@@ -108,11 +115,16 @@ def table(runs: list[dict], vs_backend: str | None = None) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("folder", nargs="?", default="studies/results/pcm_insitu")
+    ap.add_argument("folders", nargs="*", default=["studies/results/pcm_insitu"],
+                    help="results folders (several are pooled)")
     ap.add_argument("--vs-backend", default=None, metavar="B",
                     help="add each row's difference to the same rule on backend B")
+    ap.add_argument("--backend", action="append", default=None, metavar="B",
+                    help="only these backends (repeatable)")
     args = ap.parse_args(argv)
-    print("\n".join(table(load_runs(args.folder), args.vs_backend)))
+    runs = [r for f in args.folders for r in load_runs(f)
+            if args.backend is None or r["config"]["backend"] in args.backend]
+    print("\n".join(table(runs, args.vs_backend)))
     return 0
 
 
