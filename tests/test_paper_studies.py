@@ -129,7 +129,21 @@ def test_readme_continual_commands_are_the_papers_settings(monkeypatch):
             assert cc.rule_config(rule, "float32", 0).network.dropout == 0.1
 
 
-@pytest.mark.parametrize("name", ["depth_scaling", "convergence", "snu"])
+def test_snu_digits_study_is_the_fig7a_protocol_on_digits():
+    st = load_study(STUDIES / "snu_digits.toml", check_backends=False)
+    full = load_study(STUDIES / "snu.toml", check_backends=False)
+    assert len(st.runs) == 20  # 2 models x 2 rules x 5 seeds
+    assert {r.config.run.seed for r in st.runs} == set(range(5))
+    for r in st.runs:  # everything as in snu.toml but the dataset
+        twin = next(f for f in full.runs if f.config.network.model == r.config.network.model
+                    and f.config.rule.grapes == r.config.rule.grapes)
+        assert r.config.data.dataset == "digits"
+        assert r.config.replace(dataset="fashion-mnist", seed=0) == twin.config.replace(seed=0)
+    quick = load_study(STUDIES / "snu_digits.toml", quick=True, check_backends=False)
+    assert len(quick.runs) == 4 and {r.config.run.epochs for r in quick.runs} == {4}
+
+
+@pytest.mark.parametrize("name", ["depth_scaling", "convergence", "snu", "snu_digits"])
 def test_study_headers_state_the_compute_estimate(name):
     head = (STUDIES / f"{name}.toml").read_text().split("[study]")[0]
     assert "no MNIST training set" in head
