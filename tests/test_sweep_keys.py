@@ -163,3 +163,28 @@ def test_dry_run_from_another_directory(tmp_path, monkeypatch, capsys):
     assert main(["sweep", os.path.relpath(study), "--out", str(tmp_path / "o"),
                  "--dry-run"]) == 0
     assert "4 runs (4 to run)" in capsys.readouterr().out
+
+
+def test_a_changed_snu_default_makes_the_record_stale():
+    """The SNU settings resolved per model are recorded (config.snu) but are not TrainConfig
+    fields, so a changed default leaves the run key alone: the stale check compares them.
+    A field added later matches a record without it only at its pre-existing behaviour."""
+    from grapes_hw.functional.snu import SNUParams
+    from grapes_hw.studies.keys import run_key, stale_reason
+    from grapes_hw.studies.spec import RunSpec
+    from grapes_hw.training.config import TrainConfig
+
+    def check(model, recorded_snu):
+        cfg = TrainConfig.from_flat(dataset="digits", model=model, layers=(8,))
+        spec = RunSpec(run_key(cfg), cfg, {})
+        rec = {"config": {**spec.config_dict(), "snu": recorded_snu}}
+        return stale_reason(rec, spec, {})
+
+    for model, soft in (("snu", False), ("ssnu", True)):
+        now = vars(SNUParams().resolved(soft))
+        assert check(model, dict(now)) is None
+        assert "snu.threshold" in check(model, {**now, "threshold": now["threshold"] + 1})
+        before = {k: v for k, v in now.items() if k != "center_output"}  # an older record
+        reason = check(model, before)
+        assert (reason is None) == (not soft), reason  # sSNU rows are centred now
+    assert "recorded false, planned true" in check("ssnu", {**before, "center_output": False})

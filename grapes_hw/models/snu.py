@@ -54,6 +54,14 @@ highest rate (ties go to the lowest index).
   the threshold 3 (max state 4.5, 2.2, 1.0, 0.36 from the first layer to the output) and
   the signal faded layer by layer (test accuracy 0.16 after 5 epochs). Layers after the
   first start at 3 times He-uniform.
+* *sSNU output rows start centred* (``center_output``): with the output state linear, an
+  output unit starts at its weight row's sum times the mean hidden output (~0.11), summed
+  over the steps; uncentred He-uniform rows (times the gain 3) spread the units' resting
+  ``s + b`` from -1.5 to -10, and a unit below about -7 (sigmoid slope < 1e-3) never
+  learns: on digits, 2 x 256, seed 1 stalled at 0.78 with classes 1 and 2 never predicted,
+  seed 2 at 0.86 (5 seeds x SGD/GRAPES, 20 epochs: 3 of 10 runs below 0.9). Rows with zero
+  mean halve the spread (-2.1 to -6.1; the lowest unit's slope 50x larger): all 10 runs
+  0.958-0.976.
 * *Readout scale 10, not the spike count.* With ``logits = counts`` (scale ``N_s = 20``)
   one SGD step at lr 0.1 changed the output weights by 14 % of their norm (the MLP's
   output layer: 4 %), whose early overshoots silenced a ReLU output layer for good (every

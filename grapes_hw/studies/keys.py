@@ -10,6 +10,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from grapes_hw.config import to_dict
+from grapes_hw.errors import ConfigError
 
 if TYPE_CHECKING:
     from grapes_hw.studies.spec import RunSpec
@@ -121,6 +122,33 @@ def _config_difference(stored: dict, planned: dict) -> str | None:
     return None
 
 
+def _snu_difference(stored: dict, spec: RunSpec) -> str | None:
+    """How the SNU/sSNU settings a run recorded (``config.snu``, defaults resolved for its
+    model) differ from what the planned run would use now: a changed model default makes
+    the record stale although the run key (TrainConfig fields only) is the same. A field
+    the record lacks (added later) matches only its ``RECORDED_BEFORE`` value."""
+    cfg = spec.config
+    if cfg.network.model not in ("snu", "ssnu") or not isinstance(stored.get("snu"), dict):
+        return None
+    from grapes_hw.functional.snu import RECORDED_BEFORE
+    from grapes_hw.models.snu import snu_params
+
+    try:
+        now = to_dict(snu_params(cfg).resolved(cfg.network.model == "ssnu"))
+    except ConfigError:
+        return None  # the planned config is checked (and reported) elsewhere
+    was = stored["snu"]
+    for k, v in now.items():
+        old = was.get(k, RECORDED_BEFORE.get(k, _MISSING))
+        if old is _MISSING or _canon(old) != _canon(v):
+            return (f"config snu.{k}: recorded "
+                    f"{'nothing' if old is _MISSING else _canon(old)}, planned {_canon(v)}")
+    return None
+
+
+_MISSING = object()
+
+
 def _flat_items(d: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(d, dict):
         out: dict[str, Any] = {}
@@ -150,7 +178,8 @@ def device_difference(recorded: dict | None, current: dict) -> str | None:
 def stale_reason(record: dict, spec: RunSpec, models: dict[str, dict]) -> str | None:
     """Why a finished run's record cannot stand for the planned run (None: it can)."""
     planned = spec.config_dict()
-    diff = _config_difference(record.get("config") or {}, planned)
+    diff = _config_difference(record.get("config") or {}, planned) or _snu_difference(
+        record.get("config") or {}, spec)
     if diff:
         return diff
     if not record.get("device_model"):  # an error record: nothing ran on a device

@@ -30,21 +30,22 @@ from grapes_hw.training.driver import EpochCallback, ModelRun, build_network, ev
 
 def build_snu_network(cfg, model, n_in: int, n_out: int) -> SNUNetwork:
     """He-uniform weights on ``model``'s backend (as ``driver.build_network``; every layer
-    after the first times ``init_gain``), biases at ``-threshold``."""
+    after the first times ``init_gain``; the output rows centred with ``center_output``),
+    biases at ``-threshold``."""
 
-    params = snu_params(cfg)
-    base = build_network(cfg.replace(bias=True, dropout=0.0), model, n_in, n_out)
     soft = cfg.network.model == "ssnu"
-    if params.threshold is None:
-        params.threshold = 3.0 if soft else 1.0
-    if params.init_gain is None:
-        params.init_gain = 3.0 if soft else 1.0
-    if params.init_gain != 1.0:  # the same He-uniform draws as build_network, scaled
-
+    params = snu_params(cfg).resolved(soft)
+    base = build_network(cfg.replace(bias=True, dropout=0.0), model, n_in, n_out)
+    if params.init_gain != 1.0 or params.center_output:
+        # the same He-uniform draws as build_network, scaled; the output rows centred
         gen = torch.Generator().manual_seed(cfg.run.seed)
+        last = len(base.layers) - 1
         for l, layer in enumerate(base.layers):
             w = he_uniform(tuple(layer.shape), gen)
-            layer.backend.program(w if l == 0 else w * params.init_gain)
+            w = w if l == 0 else w * params.init_gain
+            if l == last and params.center_output:
+                w = w - w.mean(1, keepdim=True)
+            layer.backend.program(w)
     for layer in base.layers:
         layer.bias.w.fill_(-params.threshold)
     return SNUNetwork(base.layers, soft=soft, params=params)
