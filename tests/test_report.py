@@ -396,3 +396,27 @@ def test_which_devices_must_write_and_their_units():
     assert pulses_unit({**run("fixed"), "config": {"bias": True}}) == \
         "cells changed + writes (bias)"
     assert pulses_unit({**run("fixed"), "pulses_unit": "other"}) == "other"
+
+
+def test_resolved_snu_settings_group_only_where_they_split_runs():
+    """config.snu (SNU parameters with each model's defaults filled in) differs between an
+    SNU and an sSNU by construction: it is not a grouping column then, nor a setting 'shared
+    by all runs'. Where it varies within one model (a study of extra.snu) it groups."""
+    from grapes_hw.studies.analysis import analyse
+
+    backend = next(iter(BASE_ACC))
+
+    def run(model, grapes, seed, threshold):
+        r = make_run(backend, "sgd", grapes, 0.1, seed)
+        r["key"] = f"{model}-{grapes}-{seed}-{threshold}"
+        r["config"].update(model=model, snu={"threshold": threshold, "decay": 0.8})
+        return r
+
+    by_model = [run(m, g, s, 3.0 if m == "ssnu" else 1.0) for m in ("snu", "ssnu")
+                for g in ("off", "propagating") for s in (0, 1)]
+    an = analyse(by_model)
+    assert "model" in an.group_fields and not any(f.startswith("snu") for f in an.group_fields)
+    assert not any(k.startswith("snu") for k in an.fixed) and len(an.groups) == 4
+    studied = by_model + [run("snu", g, s, 2.0) for g in ("off", "propagating") for s in (0, 1)]
+    an2 = analyse(studied)
+    assert any(f.startswith("snu") for f in an2.group_fields) and len(an2.groups) == 6

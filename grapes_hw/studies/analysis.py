@@ -42,6 +42,12 @@ METHOD_FIELDS = ("optimizer", "grapes", "lr", "momentum", "lr_matched", "grapes_
 IGNORED_FIELDS = ("seed", "data_dir", "download", "lr_effective", "lr_scale", "lr_source")
 """Settings never used for grouping (seeds are what mean/std run over)."""
 
+DERIVED_FIELDS = ("snu",)
+"""Settings a run records after resolving them from others (``config.snu``: the SNU/sSNU
+parameters with the model's defaults filled in). They are grouped on only where they split
+runs that the other settings put together (e.g. a study varying ``extra.snu``); otherwise
+they only repeat the model in every row."""
+
 FINISHED = ("ok", "diverged")
 """Statuses whose metrics enter the means (a diverged run keeps its best epoch before)."""
 
@@ -359,6 +365,14 @@ def analyse(runs: list[dict], study: dict | None = None,
     fields_per_run = [{k: v for k, v in run_fields(r).items() if k != tuned} for r in runs]
     names = list(dict.fromkeys(k for f in fields_per_run for k in f))
     varying = [k for k in names if len({f.get(k, "none") for f in fields_per_run}) > 1]
+    for k in DERIVED_FIELDS:
+        if k in varying:
+            others = [o for o in varying if o != k]
+            seen: dict[tuple, str] = {}
+            if all(seen.setdefault(tuple(f.get(o, "none") for o in others), f.get(k, "none"))
+                   == f.get(k, "none") for f in fields_per_run):
+                varying.remove(k)  # determined by the other settings
+                names.remove(k)  # and not the same for all runs: not a fixed setting
     fixed = {k: fields_per_run[0].get(k, "none") for k in names if k not in varying} \
         if fields_per_run else {}
     method_fields = [k for k in METHOD_FIELDS if k in varying]
