@@ -420,3 +420,22 @@ def test_resolved_snu_settings_group_only_where_they_split_runs():
     studied = by_model + [run("snu", g, s, 2.0) for g in ("off", "propagating") for s in (0, 1)]
     an2 = analyse(studied)
     assert any(f.startswith("snu") for f in an2.group_fields) and len(an2.groups) == 6
+
+
+def test_plot_labels_stay_short_for_a_study_of_architectures():
+    """Equal hidden widths print as 4x128 on plot axes and panel titles, and a title lists
+    the networks only while there are at most 3 (a depth study has them on the axis)."""
+    from grapes_hw.studies.analysis import Facts
+    from grapes_hw.studies.plots import compact
+
+    assert compact("128-128-128-128") == "4x128" and compact("256-256") == "2x256"
+    assert compact("256-128") == "256-128" and compact("fixed8") == "fixed8"
+    assert compact("pcm-insitu-dac4") == "pcm-insitu-dac4"
+
+    def line(nets):
+        return Facts(datasets=["digits"], networks=nets, epochs=[5], epochs_run=(5, 5),
+                     seeds=[0], n_per_cell=(1, 1), n_groups=1).line()
+
+    assert "MLP 784-256-10 / MLP 784-128-10" in line(["MLP 784-256-10", "MLP 784-128-10"])
+    many = line([f"MLP 784-{w}-10" for w in (64, 128, 256, 512)])
+    assert "4 MLP networks" in many and "784-512" not in many

@@ -501,7 +501,11 @@ class Facts:
     def line(self) -> str:
         """One line for plot titles: dataset, network, epochs, seeds."""
         ds = " / ".join(d.split(" (")[0] for d in self.datasets)
-        return f"{ds}, {' / '.join(self.networks)}, {self.epochs_text()}, {self.seeds_text()}"
+        nets = " / ".join(self.networks)
+        if len(self.networks) > 3:  # a study of architectures: they are on the axis
+            kinds = dict.fromkeys(n.split(" ")[0] for n in self.networks)
+            nets = f"{len(self.networks)} {'/'.join(kinds)} networks"
+        return f"{ds}, {nets}, {self.epochs_text()}, {self.seeds_text()}"
 
 
 def facts(an: Analysis) -> Facts:

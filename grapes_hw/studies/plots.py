@@ -23,7 +23,6 @@ from grapes_hw.studies.analysis import (
     FINISHED,
     Analysis,
     Facts,
-    context_label,
     device_bits,
     device_noise,
     device_sort_key,
@@ -110,8 +109,22 @@ def _handles(axes) -> tuple[list, list]:
     return list(seen.values()), list(seen)
 
 
+def compact(value: str) -> str:
+    """A plot label's value made short: equal hidden widths ``128-128-128-128`` -> ``4x128``
+    (two or more layers); anything else unchanged."""
+    parts = value.split("-")
+    if len(parts) >= 2 and parts[0].isdigit() and len(set(parts)) == 1:
+        return f"{len(parts)}x{parts[0]}"
+    return value
+
+
 def _ctx_text(an: Analysis, ctx: tuple) -> str:
-    return " ".join(ctx) if ctx else "all runs"
+    return " ".join(compact(v) for v in ctx) if ctx else "all runs"
+
+
+def _panel_title(an: Analysis, ctx: tuple) -> str:
+    return " ".join(f"{k}={compact(v)}" for k, v in zip(an.context_fields, ctx, strict=True)) \
+        or "all runs"
 
 
 def _errorbar(ax, xs, stats, **kw) -> None:
@@ -329,7 +342,7 @@ def learning_curves(an: Analysis, facts: Facts, path: Path) -> list[list[Any]]:
                                 alpha=0.15, lw=0)
             rows += [[*g.values.values(), k, *s] for k, s in zip(ep, stats, strict=True)]
         if an.context_fields:
-            ax.set_title(context_label(an, ctx), fontsize=8)
+            ax.set_title(_panel_title(an, ctx), fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     _axis_labels(axes, "epoch", "test accuracy")
@@ -385,7 +398,7 @@ def plateau_fits(an: Analysis, facts: Facts, path: Path) -> bool:
                           f"(n = {len(fits)})")
             ns.append(len(fits))
         if an.context_fields:
-            ax.set_title(context_label(an, ctx), fontsize=8)
+            ax.set_title(_panel_title(an, ctx), fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     _axis_labels(axes, "epoch", "test accuracy")
@@ -577,7 +590,7 @@ def drift_plot(an: Analysis, facts: Facts, path: Path) -> list[list[Any]] | None
                          for t, s in zip(ts, stats, strict=True)]
         ax.set_xscale("log")
         if an.context_fields:
-            ax.set_title(context_label(an, ctx), fontsize=8)
+            ax.set_title(_panel_title(an, ctx), fontsize=8)
         ax.grid(alpha=0.3)
     _axis_labels(axes, "time after programming (s)", "test accuracy")
     _title(fig, "Test accuracy after PCM drift", facts, _n_note(ns))
