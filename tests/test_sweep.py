@@ -210,6 +210,93 @@ def test_sigkill_mid_sweep_then_resume(tmp_path):
     assert recs[-1]["key"] == torn_key
 
 
+# ---- a stopped sweep leaves no workers behind -----------------------------------------------
+# Runs far longer than any deadline below: a worker still in one after the sweep is gone
+# would make these tests fail, not pass late.
+SLOW_STUDY = """
+[study]
+name = "slow"
+seeds = 2
+[base]
+dataset = "digits"
+layers = [64]
+epochs = 3000
+download = false
+"""
+
+
+def _group(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group ``pgid``, from /proc."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # state ppid pgrp ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            out.append(int(d.name))
+    return out
+
+
+def _start_slow_sweep(tmp_path):
+    study = write_study(tmp_path / "slow.toml", SLOW_STUDY)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "grapes_hw.cli", "sweep", str(study), "--out", str(out),
+           "--workers", "2", "--quiet"]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         start_new_session=True)
+    deadline = time.time() + 120  # the sweep, its fork server and both workers
+    while time.time() < deadline and len(_group(p.pid)) < 4:
+        assert p.poll() is None, p.stderr.read()
+        time.sleep(0.1)
+    assert len(_group(p.pid)) >= 4, "the workers did not start"
+    time.sleep(2)  # both workers inside their runs
+    return p, out
+
+
+def _wait_group_gone(pgid: int, seconds: float) -> list[int]:
+    deadline = time.time() + seconds
+    while time.time() < deadline and _group(pgid):
+        time.sleep(0.1)
+    return _group(pgid)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_sigterm_stops_the_sweep_and_its_workers(tmp_path):
+    p, out = _start_slow_sweep(tmp_path)
+    try:
+        os.kill(p.pid, signal.SIGTERM)
+        p.wait(timeout=30)
+        left = _wait_group_gone(p.pid, 10)
+    finally:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert p.returncode == 130 and "interrupted" in p.stderr.read().decode()
+    assert left == [], f"worker processes still running after SIGTERM: {left}"
+    runs = out / RUNS_FILE
+    assert not runs.exists() or runs.read_text() == ""  # no half-trained run recorded
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_sigkilled_sweep_leaves_no_orphan_workers(tmp_path):
+    p, _ = _start_slow_sweep(tmp_path)
+    try:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(timeout=30)
+        left = _wait_group_gone(p.pid, 15)
+    finally:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert left == [], f"orphaned worker processes still running: {left}"
+
+
 # ---- local pool vs Dask, dying workers, diverged and failing runs ---------------------------
 POOL_STUDY = """
 [study]

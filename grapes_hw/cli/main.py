@@ -20,7 +20,9 @@ import importlib
 import json
 import os
 import re
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from grapes_hw.cli.argtypes import (
@@ -430,9 +432,17 @@ def option_for(parser: argparse.ArgumentParser, command: str, field: str) -> str
     return field
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # SIGTERM (kill, a batch scheduler, a session ending) stops like Ctrl-C: a sweep stops
+    # its workers, a training run keeps its partial result; exit status 130.
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if on_main else None
     try:
         return int(args.func(args) or 0)
     except ConfigError as e:
@@ -445,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import threading
 import time
 import traceback
 from collections import Counter, deque
@@ -94,8 +95,9 @@ def _run_local(specs: list[RunSpec], workers: int, threads: int | None,
         # The fork server outlives a sweep (one per process), so the test hook's variable is
         # handed to each new worker rather than inherited from whenever the server started.
         return ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                                   initializer=_worker_env,
-                                   initargs=({CRASH_ONCE_ENV: os.environ.get(CRASH_ONCE_ENV)},))
+                                   initializer=_worker_init,
+                                   initargs=({CRASH_ONCE_ENV: os.environ.get(CRASH_ONCE_ENV)},
+                                             os.getpid()))
 
     pool = new_pool()
     try:
@@ -126,16 +128,53 @@ def _run_local(specs: list[RunSpec], workers: int, threads: int | None,
                 _discard_broken_pool(pool)
                 pool = new_pool()
     finally:
+        if inflight:  # interrupted (Ctrl-C, SIGTERM) or failed: stop the runs still going
+            _kill_workers(pool)
         pool.shutdown(wait=not inflight, cancel_futures=True)
 
 
-def _worker_env(env: dict[str, str | None]) -> None:
-    """Worker initializer: set (or clear) these environment variables."""
+ORPHAN_CHECK_S = 1.0
+"""How often (seconds) a worker checks that the sweep process that started it still lives."""
+
+
+def _worker_init(env: dict[str, str | None], sweep_pid: int) -> None:
+    """Worker initializer: set (or clear) these environment variables, and exit when the
+    sweep process dies.
+
+    The workers are children of the fork server, not of the sweep, so a sweep killed with
+    SIGKILL (or by a scheduler's hard limit) left them training their current run to the end,
+    a whole CPU each for up to an hour, for a result nobody would record."""
     for k, v in env.items():
         if v is None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+    threading.Thread(target=_exit_when_orphaned, args=(sweep_pid,), daemon=True,
+                     name="grapes-hw-orphan-check").start()
+
+
+def _exit_when_orphaned(sweep_pid: int) -> None:
+    while True:
+        time.sleep(ORPHAN_CHECK_S)
+        try:
+            os.kill(sweep_pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:  # alive, under another user (pid reused): keep going
+            pass
+
+
+def _kill_workers(pool) -> None:
+    """Kill the pool's worker processes (their runs are requeued or abandoned by the caller).
+
+    ``shutdown(cancel_futures=True)`` cancels only queued runs: a worker in the middle of a
+    run would finish it first, however long it takes."""
+    for p in list((getattr(pool, "_processes", None) or {}).values()):
+        try:
+            if p.is_alive():
+                p.kill()
+        except (OSError, ValueError):  # already reaped or closed
+            pass
 
 
 def _discard_broken_pool(pool) -> None:
@@ -145,12 +184,7 @@ def _discard_broken_pool(pool) -> None:
     seen here, a survivor stayed blocked reading the call queue while ``shutdown(wait=True)``
     joined it forever (a hung sweep, and a hung test under load). Their runs have already
     been requeued, so nothing is lost by killing them."""
-    for p in list((getattr(pool, "_processes", None) or {}).values()):
-        try:
-            if p.is_alive():
-                p.kill()
-        except (OSError, ValueError):  # already reaped or closed
-            pass
+    _kill_workers(pool)
     pool.shutdown(wait=True, cancel_futures=True)
 
 

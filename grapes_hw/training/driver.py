@@ -112,11 +112,10 @@ def total_pulses(net: Network) -> int:
 def pulses_unit(net: Network) -> str:
     """What ``total_pulses`` counts, as the backends declare it (``pulse_unit``); a digital
     bias adds its own writes, e.g. ``cells changed + writes (bias)``."""
-    units = list(dict.fromkeys(getattr(layer.backend, "pulse_unit", "unknown")
-                               for layer in net.layers))
+    units = list(dict.fromkeys(layer.backend.pulse_unit for layer in net.layers))
     biases = [layer.bias for layer in net.layers if layer.bias is not None]
     if biases:
-        units.append(f"{getattr(biases[0], 'pulse_unit', 'unknown')} (bias)")
+        units.append(f"{biases[0].pulse_unit} (bias)")
     return " + ".join(units)
 
 
