@@ -72,3 +72,14 @@ def test_folders_pool_and_a_key_in_two_folders_counts_twice(tmp_path, capsys):
     assert pcm_table.main([str(a), str(b), "--backend", "pcm"]) == 0
     rows = capsys.readouterr().out.splitlines()[2:]
     assert len(rows) == 1 and "| pcm | SGD | 3 |" in rows[0]  # seed 0 twice: a replicate
+
+
+def test_slowness_says_over_how_many_runs_when_a_fit_was_rejected():
+    rs = [run("pcm", "sgd", "off", s, 0.85) for s in range(3)]
+    for r, slow in zip(rs, [0.10, 0.20, None], strict=True):
+        r["slowness"] = slow  # None: the plateau fit was rejected for that run
+    row = pcm_table.table(rs)[2]
+    assert "| 0.15 ± 0.07 (2 of 3 fits) |" in row
+    for r in rs:
+        r["slowness"] = 0.1
+    assert "| 0.10 ± 0.00 |" in pcm_table.table(rs)[2]

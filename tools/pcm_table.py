@@ -6,17 +6,17 @@
 
 One row per (backend, rule), from the study's runs (tuning runs left out): best test accuracy
 mean ± std over the seeds that finished (n), the tuned lr, the plateau-fit slowness (accepted
-fits only, re-checked), pulses per epoch (estimated programming steps on aihwkit tiles;
-"digital writes" for float), digital memory (the weights' digital accumulator where the device
-has one, plus optimizer state, in bytes) and the Welch p value against SGD on the same
-backend (n/a with fewer than 2 runs on a side). With ``--vs-backend B`` a last column gives
-each row's accuracy difference to the same rule on backend B, in points, with its Welch p
-(the crossbar table: every periphery setting against the unchanged recipe). Several folders
-are pooled: a cell then holds the runs of that (backend, rule) from all of them (the lr column
-lists every lr among them), and a
-run key recorded in two folders counts twice (on devices whose noise cannot be seeded, such
-as aihwkit's pulsed tiles, the same configuration run again is a fresh replicate); ``n`` says
-how many. ``--backend`` keeps only the named backends. Prints Markdown.
+fits only, re-checked; "(k of n fits)" where some were rejected), pulses per epoch (estimated
+programming steps on aihwkit tiles; "digital writes" for float), digital memory (the weights'
+digital accumulator where the device has one, plus optimizer state, in bytes) and the Welch p
+value against SGD on the same backend (n/a with fewer than 2 runs on a side). With
+``--vs-backend B`` a last column gives each row's accuracy difference to the same rule on backend B,
+in points, with its Welch p (the crossbar table: every periphery setting against the unchanged
+recipe). Several folders are pooled: a cell then holds the runs of that (backend, rule) from
+all of them (the lr column lists every lr among them), and a run key recorded in two folders
+counts twice (on devices whose noise cannot be seeded, such as aihwkit's pulsed tiles, the same
+configuration run again is a fresh replicate); ``n`` says how many. ``--backend`` keeps only
+the named backends. Prints Markdown.
 """
 
 from __future__ import annotations
@@ -98,8 +98,11 @@ def table(runs: list[dict], vs_backend: str | None = None) -> list[str]:
             p = welch_p(acc, sgd) if rule != "SGD" else math.nan
             pulse_txt = (f"{statistics.mean(pulses):.3g}" if unit.startswith("estimated")
                          else "digital writes")
+            slow_txt = fmt(slow, 2) if slow else "n/a"
+            if slow and len(slow) < len(rs):  # a fit rejected: say over how many runs
+                slow_txt += f" ({len(slow)} of {len(rs)} fits)"
             row = (f"| {b} | {rule} | {len(rs)} | {'/'.join(f'{v:.3g}' for v in lr)} | "
-                   f"{fmt(acc)} | {fmt(slow, 2) if slow else 'n/a'} | {pulse_txt} | "
+                   f"{fmt(acc)} | {slow_txt} | {pulse_txt} | "
                    f"{statistics.mean(mem):.3g} | {'n/a' if math.isnan(p) else f'{p:.2g}'} |")
             if vs_backend:
                 ref = [r["best_test_acc"] for r in cells.get((vs_backend, rule), [])]
