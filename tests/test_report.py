@@ -251,8 +251,11 @@ def test_welch_p_values_equal_scipy(written):
     # the verdicts follow from the numbers: GRAPES wins on float32, loses on fixed4
     assert any(c["context"] == "backend=float32" and c["verdict"].startswith("beats")
                for c in comps)
-    assert "GRAPES does not beat SGD (no significant gain) in: " in md
-    assert "backend=fixed4;" in md.split("GRAPES does not beat SGD", 1)[1].split("\n")[0]
+    summary = {ln.split(" in ", 1)[0]: ln.split(": ", 1)[1].rstrip(".").split("; ")
+               for ln in md.splitlines() if ln.startswith("- SGD + GRAPES is ")}
+    assert "backend=float32" in summary["- SGD + GRAPES is significantly better than SGD"]
+    assert "backend=fixed4" in summary["- SGD + GRAPES is significantly worse than SGD"]
+    assert all("backend=fixed4" not in v for k, v in summary.items() if "worse" not in k)
     # the best-method line's p value too
     best = next(x for x in md.splitlines() if x.startswith("- backend=float32: best is"))
     mom = [r["best_test_acc"] for r in finished(group_of(runs, "float32", "momentum", "off"))]
@@ -439,3 +442,50 @@ def test_plot_labels_stay_short_for_a_study_of_architectures():
     assert "MLP 784-256-10 / MLP 784-128-10" in line(["MLP 784-256-10", "MLP 784-128-10"])
     many = line([f"MLP 784-{w}-10" for w in (64, 128, 256, 512)])
     assert "4 MLP networks" in many and "784-512" not in many
+
+
+def _grapes_run(backend, grapes, lr, seed, acc, **config):
+    r = make_run(backend, "sgd", grapes, lr, seed)
+    r["key"] = f"{backend}-{grapes}-{lr}-{seed}-{sorted(config.items())}"
+    r["config"].update(config)
+    r["best_test_acc"] = acc
+    return r
+
+
+def test_grapes_baseline_at_its_own_lr_and_grapes_only_settings_ignored(tmp_path):
+    """Each rule at its own lr (the crossbar design): GRAPES at 0.02 against the one SGD group,
+    at 0.05; an unbounded GRAPES (grapes_lower=none) against SGD, which records the default."""
+    runs = [_grapes_run("float32", "off", 0.05, s, a, grapes_lower=1.0)
+            for s, a in enumerate([0.85, 0.86, 0.855])]
+    runs += [_grapes_run("float32", "propagating", 0.02, s, a, grapes_lower=g)
+             for g, accs in ((1.0, [0.80, 0.81, 0.805]), (None, [0.84, 0.845, 0.85]))
+             for s, a in enumerate(accs)]
+    write_runs(tmp_path, runs)
+    md = write_report(tmp_path).read_text()
+    comps = read_csv(tmp_path / "comparisons.csv")
+    assert len(comps) == 2 and {c["baseline"] for c in comps} == {"sgd, lr=0.05"}
+    sgd = [0.85, 0.86, 0.855]
+    for c, grapes in zip(comps, ([0.80, 0.81, 0.805], [0.84, 0.845, 0.85]), strict=True):
+        p = stats.ttest_ind(grapes, sgd, equal_var=False).pvalue
+        assert float(c["welch_p"]) == pytest.approx(p, rel=1e-9)
+    assert "no baseline here" not in md
+
+
+def test_grapes_without_a_unique_baseline_is_said_not_dropped(tmp_path):
+    runs = [_grapes_run("float32", "off", lr, s, 0.85 + 0.001 * s)
+            for lr in (0.1, 0.05) for s in range(2)]
+    runs += [_grapes_run("float32", "propagating", 0.02, s, 0.84 + 0.001 * s) for s in range(2)]
+    write_runs(tmp_path, runs)
+    md = write_report(tmp_path).read_text()
+    assert not (tmp_path / "comparisons.csv").exists()
+    assert ("1 GRAPES group has no baseline here" in md
+            and "sgd + GRAPES (propagating), lr=0.02" in md.split("no baseline here", 1)[1])
+
+
+def test_one_seed_comparisons_are_untestable_not_losses(tmp_path):
+    runs = [_grapes_run("float32", g, 0.1, 0, a) for g, a in (("off", 0.85), ("propagating", 0.87))]
+    write_runs(tmp_path, runs)
+    md = write_report(tmp_path).read_text()
+    line = next(ln for ln in md.splitlines() if ln.startswith("- SGD + GRAPES is "))
+    assert line.startswith("- SGD + GRAPES is not testable against SGD (fewer than 2 runs")
+    assert "does not beat SGD" not in md and "worse" not in line

@@ -241,3 +241,13 @@ def test_report_of_a_tuned_sweep(tmp_path):
     # the study's groups are not split by their (different) tuned lrs: comparisons exist
     assert "sgd + GRAPES (propagating)" in (out / "comparisons.csv").read_text()
     assert set(chosen.values()) <= {0.001, 0.2}
+    assert "the one the study's seeds run at." in md and "so far" not in md
+    assert "lr-matched controls take the value tuned for SGD + GRAPES" in md
+    # a group tuned but not yet seeded (a sweep still running) is named, not implied done
+    kept = [x for x in (out / RUNS_FILE).read_text().splitlines()
+            if not (json.loads(x).get("phase") is None
+                    and json.loads(x)["config"]["grapes"] == "propagating")]
+    (out / RUNS_FILE).write_text("\n".join(kept) + "\n")
+    md = write_report(out).read_text()
+    assert ("(2 of the 3 groups with a chosen value have seed results so far; not yet: "
+            "float32 sgd + GRAPES (propagating))") in md

@@ -39,6 +39,10 @@ METHOD_FIELDS = ("optimizer", "grapes", "lr", "momentum", "lr_matched", "grapes_
                  "grapes_bits", "grapes_ideal_read")
 """Settings that define the learning method compared within each context."""
 
+GRAPES_ONLY_FIELDS = ("grapes_lower", "grapes_bits", "grapes_ideal_read")
+"""Method settings that mean nothing with GRAPES off (a run without GRAPES records their
+defaults): left out of its label, ignored when it is chosen as a GRAPES group's baseline."""
+
 IGNORED_FIELDS = ("seed", "data_dir", "download", "lr_effective", "lr_scale", "lr_source")
 """Settings never used for grouping (seeds are what mean/std run over)."""
 
@@ -347,7 +351,8 @@ def method_label(m: dict[str, str]) -> str:
         head = "no GRAPES"
     if m.get("lr_matched") == "true":
         head += " (lr-matched control)"
-    rest = [f"{k}={v}" for k, v in m.items() if k not in ("optimizer", "grapes", "lr_matched")]
+    skip = ("optimizer", "grapes", "lr_matched", *(GRAPES_ONLY_FIELDS if grapes == "off" else ()))
+    rest = [f"{k}={v}" for k, v in m.items() if k not in skip]
     return ", ".join(p for p in [head, *rest] if p)
 
 

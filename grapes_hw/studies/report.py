@@ -35,6 +35,7 @@ import numpy as np
 from grapes_hw.studies import plots as plots
 from grapes_hw.studies.analysis import (
     FINISHED,
+    GRAPES_ONLY_FIELDS,
     Analysis,
     Group,
     disp,
@@ -114,6 +115,17 @@ class Comparison:
     optimizer: str = ""
     slowness: tuple[float, float, int, int, float] = (math.nan, math.nan, 0, 0, math.nan)
     """Accepted fits only: mean, baseline mean, n, baseline n, Welch p."""
+    lr_matched_baseline: bool = False
+    """The baseline is the lr-matched SGD control, not the same method without GRAPES."""
+
+    def outcome(self, alpha: float = 0.05) -> str:
+        """``better``, ``worse`` (Welch p < alpha), ``no significant difference``, or
+        ``untestable`` (fewer than 2 runs on a side)."""
+        if not math.isfinite(self.p):
+            return "untestable"
+        if self.p >= alpha:
+            return "no significant difference"
+        return "better" if self.mean > self.mean_base else "worse"
 
 
 def _verdict(ma: float, mb: float, p: float, n: int, nb: int, bl: str, alpha: float) -> str:
@@ -129,27 +141,47 @@ def _verdict(ma: float, mb: float, p: float, n: int, nb: int, bl: str, alpha: fl
                                                    else ")")
 
 
+def _baselines(an: Analysis, g: Group) -> list[Group]:
+    """The groups a GRAPES group ``g`` is compared with, in the same context.
+
+    The *same method without GRAPES*: GRAPES off, not lr-matched, the same optimizer and the
+    same other method settings, GRAPES-only settings (``GRAPES_ONLY_FIELDS``) ignored. At the
+    same lr where the study has one; otherwise the one such group at its own lr (a study
+    that gives each rule its own lr, e.g. the lrs tuned elsewhere); none when several
+    lrs but not GRAPES' own are there to choose from. Then every *lr-matched SGD control*
+    (GRAPES off, ``lr_matched``) with the same optimizer."""
+    f = an.method_fields
+    m = dict(zip(f, g.method, strict=True))
+    opt = str((g.runs[0].get("config") or {}).get("optimizer", ""))
+    loose = {"grapes", "lr", "lr_matched", *GRAPES_ONLY_FIELDS}
+    same, other_lr, matched = [], [], []
+    for o in an.groups:
+        om = dict(zip(f, o.method, strict=True))
+        if (o.context != g.context or om["grapes"] != "off"
+                or str((o.runs[0].get("config") or {}).get("optimizer", "")) != opt):
+            continue
+        if om.get("lr_matched") == "true":
+            matched.append(o)
+        elif all(om[k] == m[k] for k in f if k not in loose):
+            (same if om.get("lr") == m.get("lr") else other_lr).append(o)
+    matched_same = [o for o in matched
+                    if dict(zip(f, o.method, strict=True)).get("lr") == m.get("lr")]
+    return ((same or (other_lr if len(other_lr) == 1 else []))
+            + (matched_same or (matched if len(matched) == 1 else [])))
+
+
 def grapes_comparisons(an: Analysis, alpha: float = 0.05) -> list[Comparison]:
-    """Each GRAPES group against the same method with GRAPES off (and the lr-matched SGD)."""
+    """Each GRAPES group against the same method with GRAPES off and the lr-matched SGD
+    control (``_baselines``); a group with neither is in ``unmatched_grapes``."""
     if "grapes" not in an.method_fields:
         return []
     gi = an.method_fields.index("grapes")
-    li = an.method_fields.index("lr_matched") if "lr_matched" in an.method_fields else None
-    index = {(g.context, g.method): g for g in an.groups}
     out = []
     for g in an.groups:
         if g.method[gi] == "off":
             continue
-        m = list(g.method)
-        m[gi] = "off"
-        bases = [index[(g.context, tuple(m))]] if (g.context, tuple(m)) in index else []
-        if li is not None:
-            bases += [o for o in an.groups if o.context == g.context and o.method[gi] == "off"
-                      and o.method[li] == "true" and o not in bases]
         opt = str((g.runs[0].get("config") or {}).get("optimizer", ""))
-        for b in bases:
-            if str((b.runs[0].get("config") or {}).get("optimizer", "")) != opt:
-                continue
+        for b in _baselines(an, g):
             a_vals, b_vals = g.values_of("best_test_acc"), b.values_of("best_test_acc")
             if not a_vals or not b_vals:
                 continue
@@ -162,8 +194,20 @@ def grapes_comparisons(an: Analysis, alpha: float = 0.05) -> list[Comparison]:
             out.append(Comparison(an.context_label(g), an.method_label(g), bl, ma, mb,
                                   len(a_vals), len(b_vals), p,
                                   _verdict(ma, mb, p, len(a_vals), len(b_vals), bl, alpha),
-                                  opt, slow))
+                                  opt, slow, dict(zip(an.method_fields, b.method,
+                                                      strict=True)).get("lr_matched") == "true"))
     return out
+
+
+def unmatched_grapes(an: Analysis) -> list[str]:
+    """GRAPES groups with no baseline to compare with (``_baselines``), as 'context: method'."""
+    if "grapes" not in an.method_fields:
+        return []
+    gi = an.method_fields.index("grapes")
+    return [f"{an.context_label(g)}: {an.method_label(g)}" for g in an.groups
+            if g.method[gi] != "off" and not any(
+                b.values_of("best_test_acc") for b in _baselines(an, g))
+            and g.values_of("best_test_acc")]
 
 
 # ---- the report ----------------------------------------------------------------------------
@@ -397,29 +441,48 @@ def _best_per_setting(an: Analysis) -> list[str]:
 
 
 def _grapes(an: Analysis, comps: list[Comparison]) -> list[str]:
-    if not comps:
+    unmatched = unmatched_grapes(an)
+    if not comps and not unmatched:
         return ([f"(GRAPES is `{an.fixed['grapes']}` in every run: no GRAPES comparison.)", ""]
                 if "grapes" in an.fixed else [])
-    wins = sum(c.verdict.startswith("beats") for c in comps)
-    higher = sum(not c.verdict.startswith("beats") and c.mean > c.mean_base for c in comps)
-    lines = ["## Does GRAPES beat its baseline?", "",
-             f"Of {len(comps)} comparisons of a GRAPES variant with the same optimizer "
-             f"without GRAPES, GRAPES is significantly better (Welch t-test over seeds, "
-             f"p < 0.05) in **{wins}**, better on average but not significantly (or with "
-             f"too few seeds to test) in {higher}, and **not better in "
-             f"{len(comps) - wins - higher}**. Slowness is compared over accepted plateau "
-             "fits only.", ""]
+    lines = ["## Does GRAPES beat its baseline?", ""]
+    if comps:
+        wins = sum(c.verdict.startswith("beats") for c in comps)
+        higher = sum(not c.verdict.startswith("beats") and c.mean > c.mean_base for c in comps)
+        lines += [f"Of {len(comps)} comparisons of a GRAPES variant with the same optimizer "
+                  "without GRAPES (same lr where the study has it, else that method at its "
+                  "own lr) or with the lr-matched SGD control, GRAPES is significantly "
+                  f"better (Welch t-test over seeds, p < 0.05) in **{wins}**, better on "
+                  f"average but not significantly (or with too few seeds to test) in "
+                  f"{higher}, and **not better in {len(comps) - wins - higher}**. Slowness "
+                  "is compared over accepted plateau fits only.", ""]
     for c in comps:
         s, sb, k, kb, ps = c.slowness
         slow = (f"slowness {s:.3f} vs {sb:.3f} (n={k} vs {kb}"
                 + (f", Welch p={ps:.3g})" if math.isfinite(ps) else ")")
                 if k and kb else "slowness n/a (no accepted fit on one side)")
         lines.append(f"- {c.context}: {c.method} ({c.mean:.4f}, n={c.n}) {c.verdict}; {slow}.")
-    losers = [c for c in comps if not c.verdict.startswith("beats") and c.optimizer == "sgd"]
-    if losers:
-        lines += ["", "GRAPES does not beat SGD (no significant gain) in: "
-                  + "; ".join(dict.fromkeys(c.context for c in losers)) + "."]
-    return [*lines, "", "Table as CSV: `comparisons.csv`.", ""]
+    plain = [c for c in comps if c.optimizer == "sgd" and not c.lr_matched_baseline]
+    if plain:
+        lines.append("")
+        for outcome, words in (("better", "significantly better than SGD"),
+                               ("worse", "significantly worse than SGD"),
+                               ("no significant difference",
+                                "not significantly different from SGD (p >= 0.05)"),
+                               ("untestable", "not testable against SGD (fewer than 2 runs "
+                                              "on a side)")):
+            many = len({c.method for c in plain}) > 1
+            where = list(dict.fromkeys(f"{c.context} ({c.method})" if many else c.context
+                                       for c in plain if c.outcome() == outcome))
+            if where:
+                lines.append(f"- SGD + GRAPES is {words} in {len(where)} setting"
+                             f"{'s' if len(where) != 1 else ''}: " + "; ".join(where) + ".")
+    if unmatched:
+        lines += ["", f"{len(unmatched)} GRAPES group{'s have' if len(unmatched) != 1 else ' has'}"
+                  " no baseline here (no run of the same method without GRAPES, or several at "
+                  "other lrs and none at GRAPES' own), so no comparison: "
+                  + "; ".join(unmatched) + "."]
+    return [*lines, *(["", "Table as CSV: `comparisons.csv`."] if comps else []), ""]
 
 
 _FIT_REASONS = (("need at least", "too few epochs"), ("chance level", "curve at chance level"),

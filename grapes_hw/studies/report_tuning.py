@@ -126,11 +126,33 @@ def tuning_section(an: Analysis, d: Path, facts: Facts) -> tuple[list[str], list
              f"validation split of the training set ({tuning_facts}); the metric is "
              f"`{metric}` ({what}), "
              "mean over the tuning seeds; the test set is not used. The chosen value "
-             "(bold) is the one the study's seeds ran at. lr-matched controls take the "
-             "value tuned for SGD + GRAPES (propagating).", "", _md(header, rows), ""]
+             f"(bold) is the one the study's seeds run at{_seeded_note(an, groups, first)}."
+             + (" lr-matched controls take the value tuned for SGD + GRAPES (propagating)."
+                if any(g.get("linked_to") for g in groups.values()) else ""),
+             "", _md(header, rows), ""]
     if "tuning.png" in files:
         lines += [f"![{metric} vs {field}](tuning.png)", ""]
     return lines, files
+
+
+def _seeded_note(an: Analysis, groups: dict[str, dict], first: dict[str, dict]) -> str:
+    """Says which tuned groups have no seed results yet (a sweep still running); ``first``:
+    a tuning run of each group, for its name."""
+    chosen = [g for g in groups.values() if g.get("value") is not None and g.get("label")]
+    waiting = [g for g in chosen if not any(
+        all((r.get("config") or {}).get(k) == v for k, v in g["label"].items())
+        for r in an.runs)]
+    if not waiting:
+        return ""
+    def name(g: dict) -> str:
+        run = first.get(g["group"]) or first.get(g.get("linked_to") or "") or {}
+        cfg = {**(run.get("config") or {}), **g["label"]}
+        return " ".join(_rule_of({"config": cfg, "device_model": run.get("device_model")},
+                                 g["label"]))
+
+    names = "; ".join(name(g) for g in waiting)
+    return (f" ({len(chosen) - len(waiting)} of the {len(chosen)} groups with a chosen value "
+            f"have seed results so far; not yet: {names})")
 
 
 def edge_note(values: list[Any], chosen: Any) -> str:
