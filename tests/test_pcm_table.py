@@ -83,3 +83,17 @@ def test_slowness_says_over_how_many_runs_when_a_fit_was_rejected():
     for r in rs:
         r["slowness"] = 0.1
     assert "| 0.10 ± 0.00 |" in pcm_table.table(rs)[2]
+
+
+def test_other_rules_are_listed_and_differing_settings_are_not_pooled():
+    rs = [run("pcm", "sgd", "off", s, 0.85 + 0.002 * s) for s in range(2)]
+    rs += [run("pcm", "adam", "off", s, 0.83 + 0.003 * s) for s in range(2)]
+    rows = pcm_table.table(rs)[2:]
+    assert [r.split("|")[2].strip() for r in rows] == ["SGD", "adam"]
+    other = run("pcm", "sgd", "off", 2, 0.80)
+    other["config"]["batch_size"] = 16  # another configuration, not a third seed
+    with pytest.raises(SystemExit, match="pcm / SGD runs differ in batch_size"):
+        pcm_table.table([*rs, other])
+    older = run("pcm", "sgd", "off", 2, 0.80)
+    rs[0]["config"]["conv"] = None  # a setting newer records hold: unset means null
+    assert "| pcm | SGD | 3 |" in "\n".join(pcm_table.table([*rs, older]))

@@ -489,3 +489,17 @@ def test_one_seed_comparisons_are_untestable_not_losses(tmp_path):
     line = next(ln for ln in md.splitlines() if ln.startswith("- SGD + GRAPES is "))
     assert line.startswith("- SGD + GRAPES is not testable against SGD (fewer than 2 runs")
     assert "does not beat SGD" not in md and "worse" not in line
+
+
+def test_a_diverged_run_has_no_final_accuracy_even_in_an_old_record(tmp_path):
+    runs = [make_run("float32", "sgd", "off", 0.1, s) for s in range(3)]
+    div = runs[2]  # as older versions stored it: the last finite epoch's accuracy as "final"
+    div.update(status="diverged", diverged_epoch=EPOCHS)
+    div["epochs"][-1]["test_acc"] = None
+    div["final_test_acc"] = div["epochs"][-2]["test_acc"]
+    write_runs(tmp_path, runs)
+    write_report(tmp_path)
+    row = read_csv(tmp_path / "summary.csv")[0]
+    finals = [r["final_test_acc"] for r in runs[:2]]
+    assert float(row["final_test_acc_mean"]) == pytest.approx(statistics.mean(finals))
+    assert int(row["final_test_acc_n"]) == 2 and int(row["best_test_acc_n"]) == 3

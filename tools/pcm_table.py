@@ -65,13 +65,35 @@ def load_runs(folder: str) -> list[dict]:
             and r.get("status") in ("ok", "diverged")]
 
 
+POOLED_FIELDS = {"seed", "lr", "lr_effective", "lr_scale", "lr_source", "data_dir",
+                 "download"}
+"""Settings a cell may pool over: its seeds (and replicates), at the lr each rule had."""
+
+
+def check_poolable(backend: str, rule: str, rs: list[dict]) -> None:
+    """A cell holds one configuration's seeds: refuse runs that differ in anything else."""
+    configs = [{k: json.dumps(v, sort_keys=True) for k, v in r["config"].items()
+                if k not in POOLED_FIELDS} for r in rs]
+    for k in sorted({k for c in configs for k in c}):
+        # a setting added later is missing from older records: null is its "not used"
+        vals = sorted({c.get(k, "null") for c in configs})
+        if len(vals) > 1:
+            raise SystemExit(f"pcm_table: the {backend} / {rule} runs differ in {k} "
+                             f"({', '.join(vals)}); this table pools only seeds and "
+                             "replicates of one configuration: pass --backend or fewer "
+                             "folders, or use the study's report")
+
+
 def table(runs: list[dict], vs_backend: str | None = None) -> list[str]:
     """The Markdown lines of the rule x backend table."""
     cells: dict[tuple[str, str], list[dict]] = {}
     for r in runs:
         cells.setdefault((r["config"]["backend"], rule_of(r["config"])), []).append(r)
-    order = ["SGD", "SGD + GRAPES (propagating)", "SGD + GRAPES (local)",
+    for (b, rule), rs in cells.items():
+        check_poolable(b, rule, rs)
+    known = ["SGD", "SGD + GRAPES (propagating)", "SGD + GRAPES (local)",
              "SGD, lr-matched control", "momentum", "momentum + GRAPES (propagating)"]
+    order = known + sorted({rule for _, rule in cells} - set(known))
     backends = list(dict.fromkeys(b for b, _ in sorted(cells, key=lambda k: k[0])))
     if vs_backend is not None:
         if vs_backend not in backends:

@@ -228,9 +228,13 @@ def test_curve(run: dict) -> list[float]:
 
 def recheck(run: dict) -> dict:
     """A copy of ``run`` with the plateau fit re-done under today's rules (``slowness`` None
-    when rejected), ``pulses_unit`` filled in and ``flags``: a list of ``(flag, detail)``."""
+    when rejected), ``pulses_unit`` filled in, ``final_test_acc`` None for a diverged run
+    (its weights are not finite at the end; older records held the last finite epoch's
+    accuracy) and ``flags``: a list of ``(flag, detail)``."""
     r = dict(run)
     r["pulses_unit"] = pulses_unit(run)
+    if run.get("status") == "diverged":
+        r["final_test_acc"] = None
     curve = test_curve(run)
     nc = n_classes(run)
     if run.get("status") in FINISHED:

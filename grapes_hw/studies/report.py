@@ -410,7 +410,10 @@ def _results(an: Analysis) -> list[str]:
                      _fmt(fa, fs), _slow_cell(g), pulses,
                      f"{mem:.0f}" if math.isfinite(mem) else "–"])
     return ["## Results per group", "", _md_table(head, rows), "",
-            "*n*: finished runs (ok or diverged) in the means. Table as CSV: `summary.csv`.", ""]
+            "*n*: finished runs (ok or diverged) in the means; *final test acc* (after the "
+            "last epoch) leaves out diverged runs, whose weights end non-finite (their best "
+            "accuracy, before they diverged, is in *best test acc*). Table as CSV: "
+            "`summary.csv`.", ""]
 
 
 def _best_per_setting(an: Analysis) -> list[str]:
