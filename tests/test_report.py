@@ -503,3 +503,15 @@ def test_a_diverged_run_has_no_final_accuracy_even_in_an_old_record(tmp_path):
     finals = [r["final_test_acc"] for r in runs[:2]]
     assert float(row["final_test_acc_mean"]) == pytest.approx(statistics.mean(finals))
     assert int(row["final_test_acc_n"]) == 2 and int(row["best_test_acc_n"]) == 3
+
+
+def test_runs_on_an_older_version_of_their_device_model_are_warned_about(tmp_path):
+    runs = [json.loads(json.dumps(make_run("fixed8", "sgd", "off", 0.1, s))) for s in range(2)]
+    runs[1]["device_model"]["params"]["bits"] = 7  # what the model file said back then
+    write_runs(tmp_path, runs)
+    md = write_report(tmp_path).read_text()
+    warn = [ln for ln in md.splitlines() if ln.startswith("> warning:") and "fixed8" in ln]
+    assert len(warn) == 1 and "1 of the 2 runs on fixed8" in warn[0] and "bits 7 -> 8" in warn[0]
+    runs[1]["device_model"]["params"]["bits"] = 8
+    write_runs(tmp_path, runs)
+    assert "> warning:" not in write_report(tmp_path).read_text()

@@ -251,3 +251,36 @@ def test_report_of_a_tuned_sweep(tmp_path):
     md = write_report(out).read_text()
     assert ("(2 of the 3 groups with a chosen value have seed results so far; not yet: "
             "float32 sgd + GRAPES (propagating))") in md
+
+
+def test_equal_lr_table_keeps_tuning_groups_of_other_networks_apart(tmp_path):
+    from grapes_hw.studies.analysis import load
+    from grapes_hw.studies.report_tuning import equal_lr_rows
+
+    raw = tuned_study()
+    raw["variants"] = raw["variants"][:2]
+    raw["axes"] = {"layers": [[16], [8]]}
+    out = tmp_path / "out"
+    run_sweep(study_from_dict(raw), out=str(out), workers=1, quiet=True)
+    rows = equal_lr_rows(load(out))
+    # 2 networks x 2 rules x 2 lrs, one tuning run each: never two networks in one row
+    assert len(rows) == 8 and all(r[-1] == 1 for r in rows)
+    assert {r[2] for r in rows} == {f"{rule}, layers={w}" for w in ("16", "8")
+                                    for rule in ("sgd", "sgd + GRAPES (propagating)")}
+
+
+def test_a_group_whose_runs_are_at_two_tuned_values_is_warned_about(tmp_path):
+    from grapes_hw.studies.report import write_report
+
+    out = tmp_path / "out"
+    run_sweep(study_from_dict(tuned_study()), out=str(out), workers=1, quiet=True)
+    assert "values of the tuned lr" not in write_report(out).read_text()
+    recs = [json.loads(x) for x in (out / RUNS_FILE).read_text().splitlines()]
+    old = next(r for r in recs if r.get("phase") is None and r["config"]["grapes"] == "off"
+               and not r["config"]["lr_matched"])
+    # a seed run from before the choice changed: another key, another lr
+    old = {**old, "key": "0ld", "config": {**old["config"], "lr": 0.123, "seed": 7}}
+    (out / RUNS_FILE).write_text("".join(json.dumps(r) + "\n" for r in [*recs, old]))
+    md = write_report(out).read_text()
+    warn = [ln for ln in md.splitlines() if "values of the tuned lr" in ln]
+    assert len(warn) == 1 and "0.123" in warn[0] and "sgd" in warn[0]

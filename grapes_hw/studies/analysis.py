@@ -433,7 +433,46 @@ def load(dir_: str | Path) -> Analysis:
     if tune_runs and not runs:
         warnings.append(f"only tuning runs have finished ({len(tune_runs)}); the study's runs "
                         "at the tuned values have not started")
-    return analyse(runs, study, warnings, tune_runs, tuned)
+    warnings += stale_devices(every)
+    an = analyse(runs, study, warnings, tune_runs, tuned)
+    if tuned:
+        for g in an.groups:
+            vals = sorted({disp((r.get("config") or {}).get(tuned)) for r in g.finished()
+                           if not (r.get("config") or {}).get("lr_matched")})
+            if len(vals) > 1:
+                an.warnings.append(f"{an.context_label(g)}, {an.method_label(g)}: its runs are at "
+                                f"{len(vals)} values of the tuned {tuned} ({', '.join(vals)}), "
+                                "i.e. from before and after a tuning choice changed; they "
+                                "are pooled in its row")
+    return an
+
+
+def stale_devices(records: list[dict]) -> list[str]:
+    """Warnings for records made with another version of their device model than the one
+    ``device_models/`` (or the model file) holds now: the sweep reruns such runs, so a report
+    read before it has should not pass them off as current."""
+    from grapes_hw.backends.registry import load_device_model
+    from grapes_hw.studies.keys import device_difference
+
+    by_backend: dict[str, list[dict]] = {}
+    for r in records:
+        backend = (r.get("config") or {}).get("backend")
+        if r.get("device_model") and isinstance(backend, str):
+            by_backend.setdefault(backend, []).append(r)
+    out = []
+    for backend, rs in by_backend.items():
+        try:
+            current = load_device_model(backend).to_dict()
+        except ConfigError:
+            out.append(f"device model {backend!r} cannot be loaded here, so its {len(rs)} "
+                       "runs were not checked against its current version")
+            continue
+        diffs = [d for r in rs if (d := device_difference(r["device_model"], current))]
+        if diffs:
+            out.append(f"{len(diffs)} of the {len(rs)} runs on {backend} were made with another "
+                       f"version of that device model than the current one ({diffs[0]}); "
+                       "rerun the sweep to redo them")
+    return out
 
 
 # ---- what ran ------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from grapes_hw.studies.analysis import (
     Analysis,
     Facts,
     disp,
+    flat_config,
     fnum,
     mean_std,
     method_label,
@@ -338,17 +339,31 @@ def device_section(an: Analysis, d: Path, facts: Facts) -> tuple[list[str], list
     return lines, files
 
 
+_NOT_A_SETTING = {"seed", "lr", "lr_effective", "lr_scale", "lr_source", "data_dir", "download",
+                  "backend", "optimizer", "grapes", "lr_matched"}
+
+
 def equal_lr_rows(an: Analysis) -> list[list[Any]]:
+    """One row per (tuning group, lr): the group's runs at that lr (its tuning seeds). A rule
+    is named with the settings that tell the tuning groups apart (e.g. ``layers=...``), so
+    groups of other networks or datasets are never pooled into one row."""
+    done = [r for r in an.tune_runs if r.get("status") in FINISHED and _layers(r)]
+    flat = [flat_config(r.get("config") or {}) for r in done]
+    varying = sorted(k for k in {k for f in flat for k in f} - _NOT_A_SETTING
+                     if len({disp(f.get(k)) for f in flat}) > 1)
     cells: dict[tuple, list[dict]] = defaultdict(list)
-    for r in an.tune_runs:
-        if r.get("status") not in FINISHED or not _layers(r):
-            continue
+    names: dict[tuple, tuple[str, str]] = {}
+    for r, f in zip(done, flat, strict=True):
         c = r.get("config") or {}
         rule = method_label({"optimizer": c.get("optimizer", ""), "grapes": c.get("grapes", "off"),
                              "lr_matched": disp(c.get("lr_matched", False))})
-        cells[(disp(c.get("backend")), fnum(c.get("lr")), rule)].append(r)
+        rule = ", ".join([rule, *(f"{k}={disp(f.get(k))}" for k in varying)])
+        key = (r.get("tune_group", "?"), fnum(c.get("lr")))
+        cells[key].append(r)
+        names[key] = (disp(c.get("backend")), rule)
     rows = []
-    for (b, lr, rule), runs in sorted(cells.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
+    for key, runs in sorted(cells.items(), key=lambda kv: (names[kv[0]][0], -kv[0][1])):
+        (b, rule), lr = names[key], key[1]
         v, fc, s, p = [], [], [], []
         for r in runs:
             v.append(_run_metric(r, "val_acc"))
