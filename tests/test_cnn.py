@@ -532,3 +532,16 @@ def test_cnn_drift_evaluation_on_inference_tiles():
     r = run(cfg)
     assert r["status"] == "ok" and len(r["drift"]) == 8  # 4 times x compensation on/off
     assert all(d["test_acc"] > 0.3 for d in r["drift"])  # measured 0.72-0.78 (chance 0.1)
+
+
+def test_the_own_loop_example_of_docs_cnn_runs():
+    """docs/cnn.md's second Python block (one minibatch in the user's own loop) runs as
+    written: it once imported modules that did not exist."""
+    md = (Path(__file__).resolve().parent.parent / "docs" / "cnn.md").read_text()
+    block = md.split("in your own loop:\n\n```python\n", 1)[1].split("```", 1)[0]
+    ns: dict = {}
+    exec(compile(block, "docs/cnn.md", "exec"), ns)  # noqa: S102 - our own documentation
+    w0 = ns["net"].convs[0].backend.read().clone()
+    assert np.isfinite(ns["loss"]) and 0 <= ns["correct"] <= 64
+    ns["learner"].step(ns["x_batch"], ns["y_batch"], lr=0.1)
+    assert not torch.equal(ns["net"].convs[0].backend.read(), w0)  # it trains the filters

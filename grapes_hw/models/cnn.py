@@ -164,18 +164,6 @@ def check_config(cfg) -> None:
             f"got {cfg.network.dropout}; model 'cnn' has no dropout")
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 # ---- activation and pooling ------------------------------------------------------------------
 def _numba_ok(*ts: torch.Tensor) -> bool:
     return all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
