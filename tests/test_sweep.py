@@ -265,28 +265,13 @@ def _wait_group_gone(pgid: int, seconds: float) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
-def test_sigterm_stops_the_sweep_and_its_workers(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_stopped_sweep_leaves_no_workers_running(tmp_path, sig):
+    """SIGTERM stops the sweep like Ctrl-C (exit 130) and kills its workers; after SIGKILL of
+    the sweep, its workers notice and exit by themselves."""
     p, out = _start_slow_sweep(tmp_path)
     try:
-        os.kill(p.pid, signal.SIGTERM)
-        p.wait(timeout=30)
-        left = _wait_group_gone(p.pid, 10)
-    finally:
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    assert p.returncode == 130 and "interrupted" in p.stderr.read().decode()
-    assert left == [], f"worker processes still running after SIGTERM: {left}"
-    runs = out / RUNS_FILE
-    assert not runs.exists() or runs.read_text() == ""  # no half-trained run recorded
-
-
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
-def test_sigkilled_sweep_leaves_no_orphan_workers(tmp_path):
-    p, _ = _start_slow_sweep(tmp_path)
-    try:
-        os.kill(p.pid, signal.SIGKILL)
+        os.kill(p.pid, sig)
         p.wait(timeout=30)
         left = _wait_group_gone(p.pid, 15)
     finally:
@@ -294,7 +279,11 @@ def test_sigkilled_sweep_leaves_no_orphan_workers(tmp_path):
             os.killpg(p.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    assert left == [], f"orphaned worker processes still running: {left}"
+    assert left == [], f"worker processes still running after {sig.name}: {left}"
+    if sig == signal.SIGTERM:
+        assert p.returncode == 130 and "interrupted" in p.stderr.read().decode()
+        runs = out / RUNS_FILE
+        assert not runs.exists() or runs.read_text() == ""  # no half-trained run recorded
 
 
 # ---- local pool vs Dask, dying workers, diverged and failing runs ---------------------------
