@@ -166,6 +166,11 @@ def load_device_model(name_or_path: str, option: str = "backend") -> DeviceModel
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(option, f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(option, f"{path}: not UTF-8 text (byte {e.start}); TOML files are "
+                                  "UTF-8") from None
+    except OSError as e:
+        raise ConfigError(option, f"cannot read {path}: {e.strerror or e}") from None
     return device_model_from_dict(data, source=str(path))
 
 

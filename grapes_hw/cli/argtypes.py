@@ -51,10 +51,14 @@ def unit_interval(s: str) -> float:
 
 
 def layer_list(s: str) -> tuple[int, ...]:
-    parts = [p.strip() for p in s.split(",") if p.strip()]
-    if not parts:
+    parts = [p.strip() for p in s.split(",")]
+    if not any(parts):
         raise argparse.ArgumentTypeError(
             f"{s!r}: expected comma-separated widths, e.g. 256,256,256")
+    if not all(parts):  # "8,,8" or "8,": a width left out is a typo, not a shorter network
+        raise argparse.ArgumentTypeError(
+            f"{s!r}: an empty width between commas; expected comma-separated widths, "
+            "e.g. 256,256,256")
     out = []
     for p in parts:
         try:

@@ -22,6 +22,14 @@ def add_cli(sub) -> None:
 
 
 def cmd_compare(args) -> int:
+    if args.out:
+        from grapes_hw.errors import ConfigError
+        from grapes_hw.studies.store import check_out_file
+
+        out = check_out_file(args.out).resolve()
+        if any(Path(f).resolve() == out for f in args.files):
+            raise ConfigError("--out", f"{args.out} is one of the files compared; writing the "
+                                       "table there would destroy it")
     runs = load_results(args.files)
     header, rows, shared = compare_table(runs, args.all)
     text = render(header, rows, args.format)

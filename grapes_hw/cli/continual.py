@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from grapes_hw.config import RULES, default_lr_text
-from grapes_hw.errors import ConfigError
 
 
 def _csv(kind):
@@ -123,9 +121,9 @@ def cmd_continual(args: argparse.Namespace) -> int:
     cc = ContinualConfig(base=base, n_tasks=args.tasks, k=args.k, k_pixels=args.k_pixels,
                          epochs_per_task=args.epochs_per_task, rules=tuple(args.rules),
                          backends=tuple(args.backends), seeds=tuple(args.seeds))
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError("--out", f"exists and is not a directory: {out}")
+    from grapes_hw.studies.store import check_out_dir
+
+    out = check_out_dir(args.out, "--out")
     s = run_continual(cc, out, quiet=args.quiet, plots=not args.no_plots)
     for row in s["mean"]:
         aa, fg = row["average_accuracy"], row["mean_forgetting"]

@@ -67,11 +67,16 @@ def _fmt(v, spec=".4f") -> str:
 def run_demo(out_dir: str = "demo_out", quick: bool = False) -> int:
     import importlib.util
 
-    out = Path(out_dir)
+    from grapes_hw.studies.store import check_out_dir
+
+    out = check_out_dir(out_dir, "--out")
     out.mkdir(parents=True, exist_ok=True)
     results = []
     jsonl = out / "demo_results.jsonl"
-    with open(jsonl, "w") as f:
+    # The runs go to a temporary file that replaces demo_results.jsonl once the demo is
+    # complete: an interrupted demo leaves the previous, complete results in place.
+    partial = out / "demo_results.jsonl.partial"
+    with open(partial, "w") as f:
         for d in DEMO_RUNS:
             if d.requires and importlib.util.find_spec(d.requires) is None:
                 print(f"{d.label}: skipped ({d.requires} is not installed)")
@@ -90,6 +95,7 @@ def run_demo(out_dir: str = "demo_out", quick: bool = False) -> int:
             print(f"{d.label:<28} best {_fmt(r['best_test_acc'])}  ({r['wall_seconds']:.1f}s)",
                   flush=True)
 
+    os.replace(partial, jsonl)
     header = ("| run | best test acc | final test acc | slowness (epochs) | optimizer state "
               "(bytes) | write pulses | seconds |\n|---|---|---|---|---|---|---|\n")
     rows = "".join(

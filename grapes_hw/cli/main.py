@@ -159,22 +159,40 @@ def config_from_args(args: argparse.Namespace):
     )
 
 
-def check_writable(path: str, option: str = "--out") -> None:
-    """Fail before training, not after, when the result cannot be written."""
-    parent = Path(path).resolve().parent
-    if not parent.is_dir():
-        raise ConfigError(option, f"directory does not exist: {parent}")
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(option, f"directory is not writable: {parent}")
+def check_result_out(path: str, cfg, option: str = "--out") -> None:
+    """Before training: the result can be written to ``path``, and writing it loses nothing.
+    An existing file is replaced only when it is the result of the same settings (a rerun);
+    another run's result, or a file that is no result, is refused."""
+    from grapes_hw.studies.keys import config_difference, config_to_dict
+    from grapes_hw.studies.store import check_out_file
+
+    p = check_out_file(path, option)
+    if not p.exists():
+        return
+    try:
+        old = json.loads(p.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        old = None
+    if not (isinstance(old, dict) and isinstance(old.get("config"), dict)):
+        raise ConfigError(option, f"{p} exists and is not a grapes-hw result; remove it or "
+                                  "choose another file")
+    diff = config_difference(old["config"], config_to_dict(cfg))
+    if diff:
+        raise ConfigError(option, f"{p} holds the result of other settings ({diff}); remove "
+                                  "it or choose another file")
 
 
 def write_json(path: str, obj: dict) -> None:
     """Atomic write: a reader never sees a half-written file."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):  # a failed write leaves no stray temporary file
+            os.remove(tmp)
 
 
 def _num(v, spec: str = ".4f") -> str:
@@ -193,7 +211,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                         "and mnist")
     load_device_model(cfg.device.backend)  # fail fast on a bad --backend
     if args.out:
-        check_writable(args.out)
+        check_result_out(args.out, cfg)
 
     def on_epoch(rec: dict) -> None:
         if not args.quiet:
@@ -451,6 +469,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (DataError, BackendUnavailable) as e:
         print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.filename is None:  # not a path the user gave: a real failure, with traceback
+            raise
+        # a path that cannot be read or written (a folder where a file goes, no permission):
+        # what went wrong and where, not a traceback
+        print(f"{PROG} {args.command}: error: {e.filename}: {e.strerror or e}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

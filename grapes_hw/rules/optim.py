@@ -229,6 +229,20 @@ def _make_adaptive(name: str, **kw):
     raise ValueError(f"optimizer must be one of sgd, momentum, nag, rmsprop, adam; got {name!r}")
 
 
+def optimizer_options(name: str) -> tuple[str, ...]:
+    """The keyword options optimizer ``name`` takes from ``TrainConfig.extra["optimizer"]``
+    (its constructor's, plus torch's aliases; the digital state format is set by
+    ``velocity_bits``, momentum's coefficient by ``momentum``)."""
+    import inspect
+
+    cls = {"rmsprop": RMSprop, "adam": Adam}.get(name)
+    if cls is None:
+        return ()
+    own = [p for p in inspect.signature(cls.__init__).parameters
+           if p not in ("self", "state_format", "state_bits")]
+    return tuple(own) + {"rmsprop": ("alpha",), "adam": ("betas",)}[name]
+
+
 def make_optimizer(name: str, momentum: float = 0.9, **kwargs):
     if name == "sgd":
         return SGD()

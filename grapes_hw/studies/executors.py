@@ -229,8 +229,10 @@ def _with_dask(todo: list[RunSpec], scheduler: str | None, dask_local: int | Non
     if scheduler:
         try:
             client = Client(scheduler, timeout="20s")
-        except (OSError, TimeoutError) as e:
-            raise ConfigError("--scheduler", f"cannot connect to {scheduler}: {e}") from None
+        except (OSError, TimeoutError, ValueError) as e:  # ValueError: not an address
+            raise ConfigError("--scheduler", f"cannot connect to {scheduler}: {e} (expected "
+                                             "a scheduler address such as "
+                                             "tcp://host:8786)") from None
         with client:
             _run_dask(todo, client, on_result)
         return

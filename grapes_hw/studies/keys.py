@@ -105,10 +105,10 @@ def run_key(cfg) -> str:
 def same_config(stored: dict, planned: dict) -> bool:
     """A finished run's recorded config agrees with the planned one on every common field
     (guards against a changed TrainConfig default reusing an old result)."""
-    return _config_difference(stored, planned) is None
+    return config_difference(stored, planned) is None
 
 
-def _config_difference(stored: dict, planned: dict) -> str | None:
+def config_difference(stored: dict, planned: dict) -> str | None:
     for k, v in planned.items():
         if k in KEY_EXCLUDED_FIELDS or k not in stored:
             continue
@@ -178,7 +178,7 @@ def device_difference(recorded: dict | None, current: dict) -> str | None:
 def stale_reason(record: dict, spec: RunSpec, models: dict[str, dict]) -> str | None:
     """Why a finished run's record cannot stand for the planned run (None: it can)."""
     planned = spec.config_dict()
-    diff = _config_difference(record.get("config") or {}, planned) or _snu_difference(
+    diff = config_difference(record.get("config") or {}, planned) or _snu_difference(
         record.get("config") or {}, spec)
     if diff:
         return diff

@@ -260,6 +260,9 @@ def _read_toml(path: Path) -> dict:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("study", f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError("study", f"{path}: not UTF-8 text (byte {e.start}); TOML files "
+                                   "are UTF-8") from None
     except OSError as e:
         raise ConfigError("study", f"cannot read {path}: {e.strerror or e}") from None
 
@@ -302,6 +305,12 @@ def study_from_dict(raw: dict, *, quick: bool = False, path: str = "<dict>",
     if unknown:
         raise ConfigError(unknown[0], f"unknown key; allowed top-level keys/tables: "
                                       f"{', '.join(_TOP_KEYS)}")
+    if not raw:
+        raise ConfigError("study", f"{path} is empty: a study needs at least a [base] table "
+                                   "(see studies/README.md)")
+    if quick and "quick" not in raw:
+        raise ConfigError("--quick", f"{path} has no [quick] table: without it the quick "
+                                     "variant would be the full study; run without --quick")
     meta = raw.get("study", {})
     if not isinstance(meta, dict):
         raise ConfigError("study", "expected a table [study]")
@@ -459,7 +468,9 @@ def study_from_dict(raw: dict, *, quick: bool = False, path: str = "<dict>",
             cfg.check()
         except ConfigError as e:
             name = e.field.lstrip("-").replace("-", "_")
-            key = field_source.get(name, "study")
+            key = field_source.get(name) or next(  # extra.snu -> the key of extra.snu.decay
+                (v for k, v in field_source.items()
+                 if k.startswith(name + ".") or name.startswith(k + ".")), "study")
             raise ConfigError(key, f"{e.message} (in run {_short(cfg_d, base)})") from None
         except TypeError as e:  # pragma: no cover - a field the dataclass refuses
             raise ConfigError("study", str(e)) from None
@@ -475,6 +486,12 @@ def study_from_dict(raw: dict, *, quick: bool = False, path: str = "<dict>",
             continue
         seen.add(k)
         specs.append(RunSpec(k, cfg, {}))
+
+    if tune is not None:
+        from grapes_hw.studies.tune import check_effect
+
+        check_effect(tune, [s.config for s in specs], "quick.tune" if quick and q_tune
+                     else "tune")
 
     # Labels: the settings that differ between runs.
     dicts = [config_to_dict(s.config) for s in specs]

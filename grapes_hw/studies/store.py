@@ -17,13 +17,51 @@ STUDY_FILE = "study.json"
 LOCK_FILE = ".sweep.lock"
 
 
+# ---- output paths --------------------------------------------------------------------------
+def _existing_ancestor(p: Path) -> Path:
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def check_out_file(path: str | Path, option: str = "--out") -> Path:
+    """The file ``path`` can be written: not a folder, in an existing writable folder. Checked
+    before anything is computed, so a bad path costs nothing."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(option, f"{p} is a directory; give a file path")
+    parent = p.resolve().parent
+    if not parent.is_dir():
+        up = _existing_ancestor(parent)
+        if up.exists() and not up.is_dir():
+            raise ConfigError(option, f"{up} is a file, not a directory")
+        raise ConfigError(option, f"directory does not exist: {parent}")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise ConfigError(option, f"not writable: {p if p.exists() else parent}")
+    return p
+
+
+def check_out_dir(path: str | Path, option: str = "--out") -> Path:
+    """The folder ``path`` exists or can be created, and can be written."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(option, f"{p} exists and is not a directory")
+    up = _existing_ancestor(p.resolve())
+    if not up.is_dir():
+        raise ConfigError(option, f"{up} is a file, not a directory")
+    if not os.access(up, os.W_OK):
+        raise ConfigError(option, f"directory is not writable: {up}")
+    return p
+
+
 # ---- runs.jsonl ----------------------------------------------------------------------------
 def read_runs(path: str | Path, *, repair: bool = False) -> tuple[list[dict], list[str]]:
     """Parse runs.jsonl; returns (records, warnings).
 
-    A torn or invalid tail (a line without its newline, or complete lines at the end that do
-    not parse as a result) is ignored, and with ``repair`` cut off so the next append starts on
-    a fresh line. Invalid lines in the middle are skipped with a warning.
+    A torn last line (one without its newline: a write cut short by a kill) is ignored, and
+    with ``repair`` cut off so the next append starts on a fresh line. Complete lines that
+    are not results (edited by hand, or another tool's) are skipped with a warning and never
+    cut: nothing but a torn tail is removed from the file.
     """
     path = Path(path)
     warnings: list[str] = []
@@ -32,15 +70,12 @@ def read_runs(path: str | Path, *, repair: bool = False) -> tuple[list[dict], li
     except FileNotFoundError:
         return [], warnings
     records: list[dict] = []
-    good_end = 0      # byte offset just after the last valid line
     pos = 0
-    bad_pending: list[int] = []
     lineno = 0
     while pos < len(data):
         nl = data.find(b"\n", pos)
         lineno += 1
         if nl < 0:
-            bad_pending.append(lineno)
             warnings.append(f"{path}: line {lineno} is torn (no newline); ignored")
             break
         line = data[pos:nl]
@@ -49,18 +84,16 @@ def read_runs(path: str | Path, *, repair: bool = False) -> tuple[list[dict], li
             continue
         rec = _parse_line(line)
         if rec is None:
-            bad_pending.append(lineno)
-            warnings.append(f"{path}: line {lineno} is not a valid result; ignored")
+            warnings.append(f"{path}: line {lineno} is not a valid result; ignored (kept in "
+                            "the file)")
             continue
         records.append(rec)
-        good_end = pos
-        bad_pending.clear()
-    if repair and good_end < len(data):
+    if repair and pos < len(data):
         with open(path, "r+b") as f:
-            f.truncate(good_end)
+            f.truncate(pos)
             f.flush()
             os.fsync(f.fileno())
-        warnings.append(f"{path}: cut {len(data) - good_end} bytes of torn/invalid tail")
+        warnings.append(f"{path}: cut the {len(data) - pos} bytes of its torn last line")
     return records, warnings
 
 

@@ -16,6 +16,7 @@ killed sweep leaves at most one torn last line; on start that line is cut off an
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -35,6 +36,7 @@ from grapes_hw.studies.store import (
     TUNING_FILE,
     _Lock,
     append_record,
+    check_out_dir,
     latest_by_key,
     read_runs,
     write_json_atomic,
@@ -83,6 +85,29 @@ def check_done(specs: list[RunSpec], done: dict[str, dict], models: dict[str, di
     return todo, stale
 
 
+def check_folder(out_dir: Path, study: Study) -> None:
+    """``out_dir`` may take this study's runs: it is (or can become) a writable folder, and
+    holds no other study's results (its ``study.json`` names another study, or the quick
+    variant of this one): mixing them would merge two studies' runs into one report and
+    overwrite the other's ``study.json``."""
+    check_out_dir(out_dir, "--out")
+    sj = out_dir / STUDY_FILE
+    if not sj.is_file():
+        return
+    try:
+        other = json.loads(sj.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise ConfigError("--out", f"{sj} cannot be read ({e}); is {out_dir} a sweep folder?"
+                          ) from None
+    name, quick = (other.get("name"), bool(other.get("quick"))) if isinstance(other, dict) \
+        else (None, False)
+    if (name, quick) != (study.name, study.quick):
+        what = f"study {name!r}" + (" (quick)" if quick else "")
+        raise ConfigError("--out", f"{out_dir} holds the results of {what}, not of study "
+                                   f"{study.name!r}{' (quick)' if study.quick else ''}; "
+                                   "choose another folder")
+
+
 def _study_json(study: Study, runs: list[RunSpec], waiting: int = 0) -> dict:
     """``study.json``: the study's text and its planned runs; in a tuned study the tuning
     runs, the study's runs of the groups tuned so far and how many more wait for tuning."""
@@ -126,6 +151,7 @@ def run_sweep(study: Study | str | Path, *, out: str | None = None, workers: int
         study = load_study(study, quick=quick)
     log = log or (lambda s: print(s, flush=True))
     out_dir = Path(out or default_out(study))
+    check_folder(out_dir, study)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -265,6 +291,7 @@ def dry_run(study: Study, out: str | None, log: Callable[[str], None] = print) -
     """List the study's runs with their state in ``out``: done, to run, or stale (and why);
     with ``[tune]``, the tuning runs, then the runs at the values tuned so far."""
     out_dir = Path(out or default_out(study))
+    check_folder(out_dir, study)
     records, warnings = read_runs(out_dir / RUNS_FILE)
     for w in warnings:
         log(f"warning: {w}")

@@ -37,6 +37,18 @@ from typing import Any
 from grapes_hw.errors import ConfigError
 
 TUNE_KEYS = ("metric", "epochs", "train_subset", "val_fraction", "seeds")
+TUNABLE: dict[str, tuple[str, tuple[str, ...]] | None] = {
+    "lr": None,
+    "momentum": ("optimizer", ("momentum", "nag")),
+    "batch_size": None,
+    "dropout": None,
+    "grapes_lower": ("grapes", ("local", "propagating")),
+}
+"""The fields ``[tune]`` may choose: the rule's and training's hyperparameters, each with the
+setting it needs to have an effect (``momentum`` only moves momentum/nag runs). The others
+(dataset, model, backend, layers, seed, ...) define the question, not a knob to fit on the
+validation split; ``epochs``, ``train_subset``, ``val_fraction`` and ``seeds`` set the tuning
+runs themselves."""
 METRICS = ("val_acc", "final_val_acc")
 TIE_TOLERANCE = 1e-9
 
@@ -85,7 +97,17 @@ def parse_tune(table: Any, prefix: str, fields: dict, coerce, base: TuneSpec | N
     for k in tuned:
         if k not in fields:
             raise ConfigError(f"{prefix}.{k}", f"unknown key; allowed: {', '.join(TUNE_KEYS)} "
-                                               "and one TrainConfig field with a list of values")
+                                               "and one TrainConfig field with a list of values"
+                                               f" ({', '.join(TUNABLE)})")
+        if k not in TUNABLE:
+            raise ConfigError(f"{prefix}.{k}", f"cannot be tuned (it defines the runs "
+                                               "compared, not a hyperparameter); tunable fields: "
+                                               f"{', '.join(TUNABLE)}")
+    for k in ("epochs", "train_subset", "seeds", "val_fraction"):
+        if isinstance(table.get(k), list):
+            raise ConfigError(f"{prefix}.{k}", f"got a list {table[k]!r}: {k} in [tune] sets "
+                                               f"the tuning runs' {k} (one number) and cannot "
+                                               f"be tuned; tunable fields: {', '.join(TUNABLE)}")
     if len(tuned) > 1:
         raise ConfigError(f"{prefix}.{tuned[1]}", f"only one field can be tuned; got "
                                                    f"{', '.join(tuned)}")
@@ -126,6 +148,21 @@ def parse_tune(table: Any, prefix: str, fields: dict, coerce, base: TuneSpec | N
 
 
 # ---- choosing ---------------------------------------------------------------------------
+def check_effect(spec: TuneSpec, configs, key: str) -> None:
+    """Every run must be one the tuned field changes: ``momentum`` tuned for an SGD run
+    would train the same network at every value and pick by noise."""
+    need = TUNABLE.get(spec.field)
+    if need is None:
+        return
+    name, allowed = need
+    for cfg in configs:
+        got = cfg.flat()[name]
+        if got not in allowed:
+            raise ConfigError(key, f"{spec.field} has no effect on runs with {name} {got!r} "
+                                   f"(it acts on {name} {' or '.join(allowed)}): exclude those "
+                                   f"runs or tune another field")
+
+
 def run_metric(record: dict, metric: str) -> float | None:
     """A tuning run's metric; None for a run that diverged, failed or has no validation."""
     if record.get("status") != "ok":

@@ -147,6 +147,10 @@ class RuleConfig:
                 "is the SGD control for GRAPES; use it with grapes='off'")
         self.grapes_params().check({"mode": "grapes", "lower": "grapes_lower",
                                     "bits": "grapes_bits"})
+        for name, unset in (("grapes_bits", None), ("grapes_ideal_read", False)):
+            require(self.grapes != "off" or getattr(self, name) == unset, name,
+                    "applies to grapes 'local' or 'propagating'; got grapes 'off' (it would "
+                    "change nothing but the run's record)")
         require(self.velocity_bits is None or 2 <= self.velocity_bits <= 32, "velocity_bits",
                 f"got {self.velocity_bits}; allowed 2..32 (or none for float32)")
         require(self.velocity_bits is None or self.optimizer in ("momentum", "nag"),
@@ -204,6 +208,7 @@ class RunConfig:
     def check(self) -> None:
         require(self.epochs >= 1, "epochs", f"got {self.epochs}; must be >= 1")
         require(self.batch_size >= 1, "batch_size", f"got {self.batch_size}; must be >= 1")
+        require(self.seed >= 0, "seed", f"got {self.seed}; must be >= 0")
 
 
 GROUPS: dict[str, type] = {"network": NetworkConfig, "data": DataConfig, "rule": RuleConfig,
@@ -294,6 +299,7 @@ class TrainConfig:
         if self.network.model != "cnn":
             check_config(self)  # what the spiking models support
         check_cnn(self)  # conv, and what the CNN supports
+        check_extra(self)
 
     def resolved_lr(self) -> tuple[float, str]:
         """See ``RuleConfig.resolved_lr``."""
@@ -301,6 +307,41 @@ class TrainConfig:
 
     def grapes_params(self) -> GrapesParameters:
         return self.rule.grapes_params()
+
+
+EXTRA_SECTIONS = {"snu": "spiking-unit settings (SNUParams) of model snu or ssnu",
+                  "optimizer": "keyword arguments of optimizer rmsprop or adam (e.g. eps)"}
+"""The tables ``TrainConfig.extra`` may hold, and what each is for."""
+
+
+def check_extra(cfg: TrainConfig) -> None:
+    """``extra`` holds only tables a run reads: an unknown section, ``snu`` on a model that
+    is not spiking, or optimizer options the optimizer does not take fail here, naming the
+    key, instead of being recorded and ignored."""
+    require(isinstance(cfg.extra, dict), "extra", f"got {cfg.extra!r}; expected a table")
+    for name, table in cfg.extra.items():
+        require(name in EXTRA_SECTIONS, f"extra.{name}", "unknown section; allowed: "
+                + "; ".join(f"{k} ({v})" for k, v in EXTRA_SECTIONS.items()))
+        require(isinstance(table, dict), f"extra.{name}", f"got {table!r}; expected a table")
+    if "snu" in cfg.extra:  # its keys and values are checked by models.snu.check_config
+        require(cfg.network.model in ("snu", "ssnu"), "extra.snu",
+                f"applies to model snu or ssnu; got model {cfg.network.model!r}")
+    opts = cfg.extra.get("optimizer")
+    if opts:
+        from grapes_hw.rules.optim import optimizer_options
+
+        allowed = optimizer_options(cfg.rule.optimizer)
+        for k in opts:
+            require(k in allowed, f"extra.optimizer.{k}",
+                    f"not an option of optimizer {cfg.rule.optimizer!r}; allowed: "
+                    + (", ".join(allowed) if allowed else "none (its settings are TrainConfig "
+                       "fields: lr, momentum, velocity_bits; rmsprop and adam take options)"))
+        from grapes_hw.rules.optim import make_optimizer
+
+        try:
+            make_optimizer(cfg.rule.optimizer, cfg.rule.momentum, **opts)
+        except (TypeError, ValueError) as e:
+            raise ConfigError("extra.optimizer", str(e)) from None
 
 
 __all__ = ["TrainConfig", "NetworkConfig", "DataConfig", "RuleConfig", "DeviceConfig",

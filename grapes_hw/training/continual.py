@@ -114,7 +114,9 @@ class ContinualConfig:
 
     def check(self) -> None:
         require(self.base is not None, "base", "a TrainConfig is required")
-        require(self.n_tasks >= 1, "tasks", f"got {self.n_tasks}; must be >= 1")
+        require(self.n_tasks >= 2, "tasks", f"got {self.n_tasks}; must be >= 2 (forgetting is "
+                                            "measured on a task once a later one is learnt; "
+                                            "one task is 'grapes-hw train')")
         require(self.k >= 0, "k", f"got {self.k}; must be >= 0")
         require(self.k_pixels is None or self.k_pixels >= 0, "k_pixels",
                 f"got {self.k_pixels}; must be >= 0")

@@ -1,0 +1,253 @@
+"""Bad input and output paths, every command: exit 2 with a message naming the option or key,
+no traceback, and nothing already on disk lost (a result, a table, another study's runs)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from grapes_hw.cli.main import main
+
+TINY = ["--dataset", "digits", "--layers", "8", "--epochs", "1", "--train-subset", "256",
+        "--quiet", "--no-download"]
+
+
+def call(capsys, *args):
+    """``main`` in-process: (exit code, stderr); argparse errors raise SystemExit."""
+    try:
+        rc = main(list(args))
+    except SystemExit as e:
+        rc = e.code
+    return rc, capsys.readouterr().err
+
+
+def refused(capsys, *args, option: str, says: str = "") -> str:
+    rc, err = call(capsys, *args)
+    assert rc == 2, err
+    assert "Traceback" not in err
+    assert option in err, err
+    assert says in err, err
+    return err
+
+
+# ---- train --out ---------------------------------------------------------------------------
+def test_train_out_must_be_a_writable_file_path_checked_before_training(capsys, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for out, says in ((tmp_path, "is a directory"),
+                      (tmp_path / "no" / "r.json", "does not exist"),
+                      (afile / "r.json", "is a file, not a directory")):
+        refused(capsys, "train", *TINY, "--out", str(out), option="--out", says=says)
+    assert afile.read_text() == "x"
+    assert list(tmp_path.iterdir()) == [afile]  # no stray temporary file
+
+
+def test_train_out_replaces_only_a_result_of_the_same_settings(capsys, tmp_path):
+    out = tmp_path / "r.json"
+    assert call(capsys, "train", *TINY, "--out", str(out))[0] == 0
+    first = out.read_text()
+    refused(capsys, "train", *TINY, "--seed", "1", "--out", str(out), option="--out",
+            says="seed")
+    assert out.read_text() == first  # another run's result is not overwritten
+    assert call(capsys, "train", *TINY, "--out", str(out))[0] == 0  # a rerun replaces it
+    assert json.loads(out.read_text())["config"]["seed"] == 0
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": 1}')
+    refused(capsys, "train", *TINY, "--out", str(notes), option="--out",
+            says="not a grapes-hw result")
+    assert notes.read_text() == '{"mine": 1}'
+
+
+@pytest.mark.parametrize("layers", ["8,,8", "8,", ",8"])
+def test_a_width_left_out_of_layers_is_refused(capsys, layers):
+    refused(capsys, "train", "--layers", layers, option="--layers", says="empty width")
+
+
+def test_grapes_options_with_grapes_off_are_refused(capsys):
+    refused(capsys, "train", *TINY, "--grapes-bits", "4", option="--grapes-bits",
+            says="grapes 'off'")
+    refused(capsys, "train", *TINY, "--grapes-ideal-read", option="--grapes-ideal-read")
+    assert call(capsys, "train", *TINY, "--grapes", "local", "--grapes-bits", "4")[0] == 0
+
+
+def test_non_utf8_device_model_is_refused(capsys, tmp_path):
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes('description = "r\xe9sistance"\n'.encode("latin-1"))
+    refused(capsys, "train", *TINY, "--backend", str(bad), option="--backend", says="UTF-8")
+    refused(capsys, "devices", str(bad), option="NAME", says="UTF-8")
+
+
+# ---- studies -------------------------------------------------------------------------------
+STUDY = """
+[study]
+name = "{name}"
+[base]
+dataset = "digits"
+layers = [8]
+epochs = 1
+train_subset = 256
+download = false
+[axes]
+lr = [0.1, 0.05]
+[quick]
+epochs = 1
+"""
+
+
+def study(tmp_path, text: str, name: str = "s.toml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+@pytest.mark.parametrize("body, key, says", [
+    ('[base]\ndataset = "digits"\nseed = -1\n', "base.seed", ">= 0"),
+    ('[base]\ndataset = "digits"\n[axes]\nseed = [0, -1]\n', "axes.seed", ">= 0"),
+    ('[base]\ndataset = "digits"\n[tune]\nseed = [0, 1]\n', "tune.seed", "cannot be tuned"),
+    ('[base]\ndataset = "digits"\n[tune]\ndataset = ["digits"]\n', "tune.dataset",
+     "cannot be tuned"),
+    ('[base]\ndataset = "digits"\n[tune]\nlayers = [[8], [16]]\n', "tune.layers",
+     "cannot be tuned"),
+    ('[base]\ndataset = "digits"\n[tune]\nepochs = [1, 2]\n', "tune.epochs",
+     "cannot be tuned"),
+    ('[base]\ndataset = "digits"\n[tune]\nmomentum = [0.5, 0.9]\n', "tune",
+     "no effect on runs with optimizer 'sgd'"),
+    ('[base]\ndataset = "digits"\n[base.extra.snuu]\ndecay = 0.5\n', "base.extra",
+     "unknown section"),
+    ('[base]\ndataset = "digits"\n[base.extra.snu]\ndecay = 0.5\n', "base.extra",
+     "model snu or ssnu"),
+    ('[base]\ndataset = "digits"\noptimizer = "adam"\n[base.extra.optimizer]\nepz = 1e-8\n',
+     "base.extra", "not an option of optimizer 'adam'"),
+    ('[base]\ndataset = "digits"\noptimizer = "adam"\n[base.extra.optimizer]\neps = -1.0\n',
+     "base.extra", "eps"),
+    ('', "study", "empty"),
+])
+def test_bad_study_values_are_refused_naming_the_key(capsys, tmp_path, body, key, says):
+    refused(capsys, "sweep", study(tmp_path, body), "--dry-run", "--out",
+            str(tmp_path / "o"), option=key, says=says)
+
+
+def test_valid_tuning_and_optimizer_options_are_accepted(capsys, tmp_path):
+    body = ('[base]\ndataset = "digits"\noptimizer = "momentum"\n[tune]\nmomentum = [0.5, 0.9]'
+            '\n[[variants]]\ngrapes = "off"\n[[variants]]\ngrapes = "local"\n')
+    assert call(capsys, "sweep", study(tmp_path, body), "--dry-run", "--out",
+                str(tmp_path / "o"))[0] == 0
+    body = '[base]\ndataset = "digits"\noptimizer = "adam"\n[base.extra.optimizer]\neps = 1e-6\n'
+    assert call(capsys, "sweep", study(tmp_path, body), "--dry-run", "--out",
+                str(tmp_path / "o2"))[0] == 0
+
+
+def test_quick_without_a_quick_table_is_refused(capsys, tmp_path):
+    refused(capsys, "sweep", study(tmp_path, '[base]\ndataset = "digits"\n'), "--quick",
+            "--dry-run", option="--quick", says="no [quick] table")
+
+
+def test_non_utf8_study_is_refused(capsys, tmp_path):
+    p = tmp_path / "s.toml"
+    p.write_bytes('[study]\ndescription = "r\xe9sum\xe9"\n'.encode("latin-1"))
+    refused(capsys, "sweep", str(p), "--dry-run", option="study", says="UTF-8")
+
+
+def test_sweep_out_must_be_a_folder(capsys, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    s = study(tmp_path, STUDY.format(name="a"))
+    for extra in (["--dry-run"], []):
+        refused(capsys, "sweep", s, "--out", str(afile), *extra, option="--out",
+                says="not a directory")
+        refused(capsys, "sweep", s, "--out", str(afile / "sub"), *extra, option="--out",
+                says="is a file")
+    assert afile.read_text() == "x"
+
+
+def test_sweep_refuses_the_folder_of_another_study(capsys, tmp_path):
+    out = tmp_path / "o"
+    assert call(capsys, "sweep", study(tmp_path, STUDY.format(name="a"), "a.toml"),
+                "--workers", "1", "--quiet", "--out", str(out))[0] == 0
+    runs, sj = (out / "runs.jsonl").read_text(), (out / "study.json").read_text()
+    b = study(tmp_path, STUDY.format(name="b"), "b.toml")
+    for extra in (["--dry-run"], ["--quiet"]):
+        refused(capsys, "sweep", b, "--out", str(out), *extra, option="--out",
+                says="holds the results of study 'a'")
+    refused(capsys, "sweep", study(tmp_path, STUDY.format(name="a"), "a.toml"), "--quick",
+            "--out", str(out), option="--out", says="(quick)")
+    assert (out / "runs.jsonl").read_text() == runs and (out / "study.json").read_text() == sj
+
+
+def test_sweep_keeps_complete_lines_that_are_not_results(capsys, tmp_path):
+    out = tmp_path / "o"
+    s = study(tmp_path, STUDY.format(name="a"))
+    assert call(capsys, "sweep", s, "--workers", "1", "--quiet", "--out", str(out))[0] == 0
+    runs = out / "runs.jsonl"
+    note = b'{"note": "checked by hand"}\n'
+    runs.write_bytes(runs.read_bytes() + note + b'{"key": "abc", "sta')  # + a torn line
+    rc, err = call(capsys, "sweep", s, "--workers", "1", "--quiet", "--out", str(out))
+    assert rc == 0, err
+    data = runs.read_bytes()
+    assert data.endswith(note)  # the hand-written line is kept; only the torn tail was cut
+    assert len(data.splitlines()) == 3
+
+
+def test_scheduler_that_is_not_an_address_is_refused(capsys, tmp_path):
+    pytest.importorskip("distributed")
+    refused(capsys, "sweep", study(tmp_path, STUDY.format(name="a")), "--scheduler",
+            "notaurl", "--quiet", "--out", str(tmp_path / "o"), option="--scheduler",
+            says="cannot connect")
+
+
+# ---- compare, continual, demo, report ------------------------------------------------------
+def test_compare_out_never_destroys_its_inputs(capsys, tmp_path):
+    r = tmp_path / "r.json"
+    assert call(capsys, "train", *TINY, "--out", str(r))[0] == 0
+    before = r.read_text()
+    refused(capsys, "compare", str(r), "--out", str(r), option="--out",
+            says="one of the files compared")
+    assert r.read_text() == before
+    refused(capsys, "compare", str(r), "--out", str(tmp_path), option="--out",
+            says="is a directory")
+    refused(capsys, "compare", str(r), "--out", str(tmp_path / "no" / "t.md"), option="--out",
+            says="does not exist")
+    assert call(capsys, "compare", str(r), "--out", str(tmp_path / "t.md"))[0] == 0
+
+
+def test_continual_bad_out_and_one_task_are_refused(capsys, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    refused(capsys, "continual", "--out", str(afile / "x"), option="--out", says="is a file")
+    refused(capsys, "continual", "--tasks", "1", "--out", str(tmp_path / "c"), option="tasks",
+            says=">= 2")
+
+
+def test_demo_out_must_be_a_folder(capsys, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    refused(capsys, "demo", "--out", str(afile), option="--out", says="not a directory")
+    refused(capsys, "demo", "--out", str(afile / "x"), option="--out", says="is a file")
+
+
+def test_an_interrupted_demo_keeps_the_previous_results(capsys, tmp_path, monkeypatch):
+    import grapes_hw.cli.demo as demo
+
+    (tmp_path / "demo_results.jsonl").write_text('{"label": "earlier"}\n')
+    calls = []
+
+    def stop_at_second(cfg):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(cfg)
+        return {"best_test_acc": 0.5, "epochs": []}
+
+    monkeypatch.setattr(demo, "run", stop_at_second)
+    rc, _ = call(capsys, "demo", "--quick", "--out", str(tmp_path))
+    assert rc == 130
+    assert (tmp_path / "demo_results.jsonl").read_text() == '{"label": "earlier"}\n'
+
+
+def test_report_that_cannot_write_a_file_names_it(capsys, tmp_path):
+    out = tmp_path / "o"
+    assert call(capsys, "sweep", study(tmp_path, STUDY.format(name="a")), "--workers", "1",
+                "--quiet", "--out", str(out))[0] == 0
+    (out / "summary.csv").unlink(missing_ok=True)
+    (out / "summary.csv").mkdir()
+    refused(capsys, "report", str(out), option="summary.csv", says="Is a directory")
