@@ -137,7 +137,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-download", action="store_true", help="never download datasets")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     p.add_argument("--out", default=None,
-                   help="write the result JSON here (default: not written)")
+                   help="write the result JSON here; an existing file is replaced only by a "
+                        "rerun of the same settings (default: not written)")
 
 
 def config_from_args(args: argparse.Namespace):
