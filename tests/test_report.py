@@ -515,3 +515,19 @@ def test_runs_on_an_older_version_of_their_device_model_are_warned_about(tmp_pat
     runs[1]["device_model"]["params"]["bits"] = 8
     write_runs(tmp_path, runs)
     assert "> warning:" not in write_report(tmp_path).read_text()
+
+
+def test_summary_covers_every_optimizer_with_grapes(tmp_path):
+    """momentum + GRAPES is summarised against momentum, not left out of the summary."""
+    runs = [_grapes_run("float32", g, lr, s, a + 0.003 * s, optimizer=opt)
+            for opt, g, lr, a in (("sgd", "off", 0.1, 0.85), ("sgd", "propagating", 0.05, 0.86),
+                                  ("momentum", "off", 0.005, 0.86),
+                                  ("momentum", "propagating", 0.001, 0.84))
+            for s in range(3)]
+    write_runs(tmp_path, runs)
+    md = write_report(tmp_path).read_text()
+    lines = [ln for ln in md.splitlines() if " + GRAPES is " in ln and ln.startswith("- ")]
+    assert any(ln.startswith("- SGD + GRAPES is significantly better than SGD in 1 setting")
+               for ln in lines), lines
+    assert any(ln.startswith("- momentum + GRAPES is significantly worse than momentum in 1 "
+                             "setting") for ln in lines), lines

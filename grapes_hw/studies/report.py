@@ -465,20 +465,23 @@ def _grapes(an: Analysis, comps: list[Comparison]) -> list[str]:
                 + (f", Welch p={ps:.3g})" if math.isfinite(ps) else ")")
                 if k and kb else "slowness n/a (no accepted fit on one side)")
         lines.append(f"- {c.context}: {c.method} ({c.mean:.4f}, n={c.n}) {c.verdict}; {slow}.")
-    plain = [c for c in comps if c.optimizer == "sgd" and not c.lr_matched_baseline]
-    if plain:
+    # one summary per optimizer: "<opt> + GRAPES is ... than <opt> in N settings"
+    direct = [c for c in comps if not c.lr_matched_baseline]
+    for opt in dict.fromkeys(c.optimizer for c in direct):
+        plain = [c for c in direct if c.optimizer == opt]
+        name = "SGD" if opt == "sgd" else opt
         lines.append("")
-        for outcome, words in (("better", "significantly better than SGD"),
-                               ("worse", "significantly worse than SGD"),
+        for outcome, words in (("better", f"significantly better than {name}"),
+                               ("worse", f"significantly worse than {name}"),
                                ("no significant difference",
-                                "not significantly different from SGD (p >= 0.05)"),
-                               ("untestable", "not testable against SGD (fewer than 2 runs "
-                                              "on a side)")):
+                                f"not significantly different from {name} (p >= 0.05)"),
+                               ("untestable", f"not testable against {name} (fewer than 2 "
+                                              "runs on a side)")):
             many = len({c.method for c in plain}) > 1
             where = list(dict.fromkeys(f"{c.context} ({c.method})" if many else c.context
                                        for c in plain if c.outcome() == outcome))
             if where:
-                lines.append(f"- SGD + GRAPES is {words} in {len(where)} setting"
+                lines.append(f"- {name} + GRAPES is {words} in {len(where)} setting"
                              f"{'s' if len(where) != 1 else ''}: " + "; ".join(where) + ".")
     if unmatched:
         lines += ["", f"{len(unmatched)} GRAPES group{'s have' if len(unmatched) != 1 else ' has'}"
