@@ -13,6 +13,8 @@ import difflib
 import functools
 import inspect
 import math
+import numbers
+import os
 import textwrap
 import types
 import typing
@@ -136,11 +138,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(key, f"got {value!r}; expected true or false")
         return value
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise ConfigError(key, f"got {value!r}; expected an integer")
-        return value
+        return int(value)
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ConfigError(key, f"got {value!r}; expected a number")
         return float(value)
     if tp is str:
@@ -216,8 +218,26 @@ def field_docs(cls: type) -> dict[str, str]:
 
 def is_positive_lr(lr: Any) -> bool:
     """A usable learning rate: a finite number > 0 (not a bool)."""
-    return (isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr)
+    return (isinstance(lr, numbers.Real) and not isinstance(lr, bool) and math.isfinite(lr)
             and lr > 0)
+
+
+def check_types(obj: Any, skip: Iterable[str] = ()) -> None:
+    """Every field of dataclass ``obj`` has its annotated type (``bool`` a bool, ``int`` an
+    integer, not 1.5 or True, ...): a dataclass built in Python gets the checks a TOML table
+    gets from :func:`from_mapping`, as ConfigError naming the field. ``Literal`` fields are
+    left to the dataclass' ``check()``; a path object passes where a string is allowed."""
+    hints = get_type_hints(type(obj))
+    skip = set(skip)
+    for f in dataclasses.fields(obj):
+        if f.name in skip:  # checked by the dataclass' check(), with a better message
+            continue
+        v, tp = getattr(obj, f.name), hints[f.name]
+        if isinstance(v, os.PathLike) and str in (get_args(tp) or (tp,)):
+            continue
+        if get_origin(tp) is Literal:  # the dataclass' check() names the allowed values
+            continue
+        _coerce(v, tp, f.name)
 
 
 def require(cond: bool, field: str, message: str) -> None:
@@ -226,6 +246,6 @@ def require(cond: bool, field: str, message: str) -> None:
         raise ConfigError(field, message)
 
 
-__all__ = ["DEFAULT_LR", "default_lr", "default_lr_text", "did_you_mean", "field_docs",
-           "from_mapping", "is_positive_lr", "to_dict", "require", "typing",
+__all__ = ["DEFAULT_LR", "check_types", "default_lr", "default_lr_text", "did_you_mean",
+           "field_docs", "from_mapping", "is_positive_lr", "to_dict", "require", "typing",
            "unknown_keys_error"]

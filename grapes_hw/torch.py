@@ -47,6 +47,7 @@ aihwkit is optional: it is only looked at when the model contains its layers.
 
 from __future__ import annotations
 
+import numbers
 import sys
 import weakref
 from collections.abc import Iterable
@@ -139,6 +140,11 @@ def _scale_along(g: torch.Tensor, m: torch.Tensor, dim: int) -> torch.Tensor:
     return g * m.to(device=g.device, dtype=g.dtype).reshape(shape)
 
 
+_ATTACHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""model -> a weak reference to the GRAPES attached to it (weak on both sides, so neither is
+kept alive by it; nothing is added to the model, which still deep-copies and pickles)."""
+
+
 class GRAPES:
     """GRAPES on a torch ``model`` (see the module docstring for the exact definitions).
 
@@ -158,15 +164,19 @@ class GRAPES:
             raise TypeError(f"GRAPES: model must be a torch.nn.Module, got {type(model).__name__}")
         if mode not in MODES:
             raise ConfigError("mode", f"got {mode!r}; allowed values: propagating, local")
-        if lower is not None and not (isinstance(lower, (int, float)) and 0.0 <= lower <= 2.0):
+        if lower is not None and not (isinstance(lower, numbers.Real)
+                                      and not isinstance(lower, bool) and 0.0 <= lower <= 2.0):
             raise ConfigError("lower", f"got {lower!r}; must be in [0, 2] (or None: unbounded)")
-        if bits is not None and not (isinstance(bits, int) and not isinstance(bits, bool)
-                                     and 1 <= bits <= 16):
+        if bits is not None and not (isinstance(bits, numbers.Integral)
+                                     and not isinstance(bits, bool) and 1 <= bits <= 16):
             raise ConfigError("bits", f"got {bits!r}; allowed 1..16 (or None: full precision)")
+        if (_ATTACHED.get(model) or (lambda: None))() is not None:
+            raise ConfigError("model", "GRAPES is already attached to this model (its factors "
+                                       "would apply twice); call remove() on that one first")
         self.model = model
         self.mode = mode
         self.lower = None if lower is None else float(lower)
-        self.bits = bits
+        self.bits = None if bits is None else int(bits)
         if layers is not None:
             chosen = list(layers)
             for i, layer in enumerate(chosen):
@@ -177,10 +187,31 @@ class GRAPES:
                 raise ConfigError("layers", "a layer is listed twice")
             if not chosen:
                 raise ConfigError("layers", "is empty")
+            inside = {id(mod) for mod in model.modules()}
+            for i, layer in enumerate(chosen):
+                if id(layer) not in inside:
+                    raise ConfigError(f"layers[{i}]", "is not a module of model: GRAPES would "
+                                                      "never see it run")
             self._order: list[nn.Module] | None = chosen
         else:
             chosen = [mod for mod in model.modules() if _kind(mod) is not None]
             self._order = None  # recorded on the first forward pass
+        if len(chosen) < 2:
+            raise ConfigError("layers" if layers is not None else "model",
+                              f"{len(chosen)} Linear/Conv2d layer{'s' * (len(chosen) != 1)}: "
+                              "GRAPES modulates hidden layers, so it needs at least one hidden "
+                              "layer before the output layer")
+        if mode == "local":
+            owner: dict[int, int] = {}
+            for i, layer in enumerate(chosen):
+                for p in layer.parameters():
+                    j = owner.setdefault(id(p), i)
+                    if j != i:
+                        raise ConfigError("mode", f"'local' scales each parameter's gradient by "
+                                                  f"its layer's factor, and layers {j} and {i} "
+                                                  "share a parameter (tied weights): the "
+                                                  "product of both would apply; use "
+                                                  "'propagating'")
         self._recording: list[nn.Module] | None = None
         self._layers = chosen
         # m of each layer from its latest forward pass (local mode's parameter hooks read it);
@@ -188,6 +219,7 @@ class GRAPES:
         self._m: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._handles: list = []
         self._attached = True
+        _ATTACHED[model] = weakref.ref(self)
         if self._order is None:
             self._handles.append(model.register_forward_pre_hook(self._start_recording))
             self._handles.append(model.register_forward_hook(self._stop_recording))
@@ -222,6 +254,8 @@ class GRAPES:
             h.remove()
         self._handles.clear()
         self._m.clear()
+        if (_ATTACHED.get(self.model) or (lambda: None))() is self:
+            del _ATTACHED[self.model]
 
     def __enter__(self) -> GRAPES:
         return self
@@ -291,7 +325,7 @@ class GRAPES:
         """Hooks that scale only the layer's own update rows by m."""
         if _kind(layer) in ("linear", "conv"):
             for p in (layer.weight, layer.bias):
-                if isinstance(p, nn.Parameter):
+                if isinstance(p, nn.Parameter) and p.requires_grad:  # a frozen one: no hook
                     self._handles.append(p.register_hook(self._param_hook(layer, slice(None))))
             return
         # aihwkit: the analog weights have no .grad. Tiles updated by AnalogSGD from what their
@@ -307,7 +341,7 @@ class GRAPES:
             self._handles.append(tile.register_forward_hook(self._tile_hook(layer, rows)))
             # Weights and biases only: not learned output scales or input ranges.
             targets += [(p, rows) for name, p in tile.named_parameters()
-                        if not isinstance(p, AnalogContext)
+                        if not isinstance(p, AnalogContext) and p.requires_grad
                         and name.rsplit(".", 1)[-1] in ("weight", "bias", "shared_weights")]
         for p, rows in targets:
             if id(p) not in seen:

@@ -102,8 +102,8 @@ def study(tmp_path, text: str, name: str = "s.toml"):
 
 
 @pytest.mark.parametrize("body, key, says", [
-    ('[base]\ndataset = "digits"\nseed = -1\n', "base.seed", ">= 0"),
-    ('[base]\ndataset = "digits"\n[axes]\nseed = [0, -1]\n', "axes.seed", ">= 0"),
+    ('[base]\ndataset = "digits"\nseed = -1\n', "base.seed", "must be in 0..2**32-1"),
+    ('[base]\ndataset = "digits"\n[axes]\nseed = [0, -1]\n', "axes.seed", "must be in 0..2**32-1"),
     ('[base]\ndataset = "digits"\n[tune]\nseed = [0, 1]\n', "tune.seed", "cannot be tuned"),
     ('[base]\ndataset = "digits"\n[tune]\ndataset = ["digits"]\n', "tune.dataset",
      "cannot be tuned"),

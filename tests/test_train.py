@@ -137,9 +137,10 @@ def test_one_driver_for_every_model(monkeypatch):
     monkeypatch.setattr(runloop, "train_loop", counting)
     keys = {}
     for model in MODELS:
-        extra = {"conv": "4:3"} if model == "cnn" else {}
+        extra = ({"conv": "4:3"} if model == "cnn" else
+                 {"time_steps": 4, "test_time_steps": 4} if model in ("snu", "ssnu") else {})
         r = run(TrainConfig.from_flat(dataset="digits", model=model, layers=(16,), epochs=1,
-                            train_subset=256, time_steps=4, test_time_steps=4, **extra))
+                                      train_subset=256, **extra))
         assert r["status"] == "ok", model
         keys[model] = set(r)
     assert loops == list(MODELS)

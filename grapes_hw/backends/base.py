@@ -83,6 +83,23 @@ class MemoryReport:
         }
 
 
+def check_update(shape: tuple[int, int], x: torch.Tensor, delta: torch.Tensor) -> None:
+    """``update(x, delta, lr)``'s inputs fit a ``(n_out, n_in)`` array: ``x`` is
+    ``(B, n_in)`` and ``delta`` ``(B, n_out)``. Without the check a wrong width can write
+    the wrong cells (an ``out=`` buffer resized in place) instead of failing."""
+    if (x.dim() != 2 or delta.dim() != 2 or x.shape[0] != delta.shape[0]
+            or x.shape[1] != shape[1] or delta.shape[1] != shape[0]):
+        raise ValueError(f"update: expected x of shape (B, {shape[1]}) and delta of shape "
+                         f"(B, {shape[0]}), got {tuple(x.shape)} and {tuple(delta.shape)}")
+
+
+def check_shape(what: str, shape: tuple[int, int], w: torch.Tensor) -> None:
+    """A whole-matrix write (``program``, ``store``, ``increment``) has the array's shape:
+    no silent broadcasting of a row or a scalar over every weight."""
+    if tuple(w.shape) != tuple(shape):
+        raise ValueError(f"{what}: expected shape {tuple(shape)}, got {tuple(w.shape)}")
+
+
 @runtime_checkable
 class WeightBackend(Protocol):
     """Protocol every weight backend implements (see the module docstring)."""

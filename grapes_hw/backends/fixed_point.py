@@ -41,7 +41,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from grapes_hw.backends.base import Abilities, MemoryReport
+from grapes_hw.backends.base import Abilities, MemoryReport, check_shape, check_update
 from grapes_hw.config import require
 
 Rounding = Literal["nearest", "stochastic"]
@@ -187,8 +187,9 @@ class FixedPointBackend:
         return int(n) if accumulate else 0
 
     def _quantize_from(self, w: torch.Tensor) -> None:
-        if tuple(w.shape) != self.shape:
-            raise ValueError(f"expected weights of shape {self.shape}, got {tuple(w.shape)}")
+        check_shape("program", self.shape, w)
+        if not bool(torch.isfinite(w).all()):  # NaN would round to the most negative code
+            raise ValueError("program: the weights hold NaN or inf")
         self._write(w.detach().to(torch.float32), 1.0 / self.step, accumulate=False)
 
     # -- programming and reading -------------------------------------------------------------
@@ -243,6 +244,7 @@ class FixedPointBackend:
     # -- writes ------------------------------------------------------------------------------
     def update(self, x: torch.Tensor, delta: torch.Tensor, lr: float) -> None:
         """``W <- W - lr/B * delta^T x``, rounded and saturated in one fused pass."""
+        check_update(self.shape, x, delta)
         x = self._dac(x)
         delta = self._adc(delta)
         scale = -lr / (x.shape[0] * self.step)
@@ -254,8 +256,7 @@ class FixedPointBackend:
 
     def increment(self, dw: torch.Tensor) -> None:
         """``W <- W + dw``, rounded and saturated."""
-        if tuple(dw.shape) != self.shape:
-            raise ValueError(f"increment: expected shape {self.shape}, got {tuple(dw.shape)}")
+        check_shape("increment", self.shape, dw)
         self._changed += self._write(dw, 1.0 / self.step, accumulate=True)
 
     # -- cost --------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ from typing import Literal
 
 import torch
 
-from grapes_hw.backends.base import Abilities, MemoryReport
+from grapes_hw.backends.base import Abilities, MemoryReport, check_shape, check_update
+from grapes_hw.config import require
 from grapes_hw.kernels import step as _step_kernels
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -19,6 +20,10 @@ class FloatParams:
 
     dtype: Literal["float32", "float64"] = "float32"
     """Storage and compute precision of the weights (float64 is for exact gradient checks)."""
+
+    def check(self) -> None:
+        require(self.dtype in _DTYPES, "dtype",
+                f"got {self.dtype!r}; allowed values: {', '.join(_DTYPES)}")
 
 
 class FloatBackend:
@@ -37,6 +42,7 @@ class FloatBackend:
 
     def __init__(self, shape: tuple[int, int], params: FloatParams | None = None):
         self.params = params or FloatParams()
+        self.params.check()
         self.shape = (int(shape[0]), int(shape[1]))
         self.dtype = _DTYPES[self.params.dtype]
         self.w = torch.zeros(self.shape, dtype=self.dtype)
@@ -44,9 +50,7 @@ class FloatBackend:
 
     # -- programming and reading -----------------------------------------------------------
     def program(self, w: torch.Tensor) -> None:
-        if tuple(w.shape) != self.shape:
-            raise ValueError(
-                f"program: expected weights of shape {self.shape}, got {tuple(w.shape)}")
+        check_shape("program", self.shape, w)
         self.w.copy_(w)
 
     def read(self) -> torch.Tensor:
@@ -58,6 +62,7 @@ class FloatBackend:
 
     def store(self, w: torch.Tensor) -> None:
         """Set the stored weights (not counted as writes; optional protocol method)."""
+        check_shape("store", self.shape, w)
         self.w.copy_(w)
 
     def abs_sums(self, dim: int, ideal: bool = False) -> torch.Tensor:
@@ -83,10 +88,12 @@ class FloatBackend:
 
     # -- writes ------------------------------------------------------------------------------
     def update(self, x: torch.Tensor, delta: torch.Tensor, lr: float) -> None:
+        check_update(self.shape, x, delta)
         self.w.addmm_(delta.T, x, alpha=-lr / x.shape[0])
         self._writes += self.w.numel()
 
     def increment(self, dw: torch.Tensor) -> None:
+        check_shape("increment", self.shape, dw)
         self.w.add_(dw)
         self._writes += self.w.numel()
 

@@ -104,6 +104,29 @@ class DeviceModel:
     kind's registered factory (``BACKEND_KINDS``); None: the registered one. Set by
     ``device_model_from_rpu_config``; a factory for a custom weight store can be given too."""
 
+    def check(self, option: str = "backend") -> None:
+        """A model built in Python gets the checks a model file gets: a known backend kind,
+        that kind's parameter dataclass (any object with a custom ``factory``), every field
+        of the right type and in range, noise a ``NoiseParams`` or None."""
+        kind = BACKEND_KINDS.get(self.backend)
+        if kind is None:
+            raise ConfigError(f"{option}.backend", f"got {self.backend!r}; allowed values: "
+                                                   f"{', '.join(BACKEND_KINDS)}")
+        params_cls, _ = kind.load()
+        if self.factory is None or isinstance(self.params, params_cls):
+            if not isinstance(self.params, params_cls):
+                raise ConfigError(f"{option}.params", f"got {self.params!r}; backend "
+                                                      f"{self.backend!r} takes a "
+                                                      f"{params_cls.__name__}")
+            _checked(self.params, f"{option}.params")
+        if self.noise is not None:
+            from grapes_hw.backends.noise import NoiseParams
+
+            if not isinstance(self.noise, NoiseParams):
+                raise ConfigError(f"{option}.noise", f"got {self.noise!r}; expected a "
+                                                     "NoiseParams or None")
+            _checked(self.noise, f"{option}.noise")
+
     def to_dict(self) -> dict:
         out = {
             "name": self.name,
@@ -117,6 +140,18 @@ class DeviceModel:
         if self.extra:
             out["extra"] = to_dict(self.extra)
         return out
+
+
+def _checked(obj: Any, prefix: str) -> None:
+    from grapes_hw.config import check_types
+
+    try:
+        check_types(obj)
+        check = getattr(obj, "check", None)
+        if callable(check):
+            check()
+    except ConfigError as e:
+        raise ConfigError(f"{prefix}.{e.field}", e.message) from None
 
 
 def models_dir() -> Path:
@@ -312,6 +347,7 @@ def resolve_device_model(backend: Any, option: str = "backend") -> DeviceModel:
     name, a path to a TOML file (str or ``os.PathLike``), a ``DeviceModel`` (used as is) or an
     aihwkit rpu_config object (``device_model_from_rpu_config``). Errors name ``option``."""
     if isinstance(backend, DeviceModel):
+        backend.check(option)
         return backend
     if isinstance(backend, (str, os.PathLike)):
         return load_device_model(os.fspath(backend), option)

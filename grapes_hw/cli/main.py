@@ -206,10 +206,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     cfg.check()
-    if cfg.data.data_dir is not None and cfg.data.dataset == "digits":
-        raise ConfigError("--data-dir", "digits comes with scikit-learn and is not read from "
-                                        "files; --data-dir applies to --dataset fashion-mnist "
-                                        "and mnist")
     load_device_model(cfg.device.backend)  # fail fast on a bad --backend
     if args.out:
         check_result_out(args.out, cfg)

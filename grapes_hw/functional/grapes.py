@@ -13,6 +13,7 @@ No state is kept between minibatches: ``m`` is recomputed from the weights each 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Literal
 
@@ -43,7 +44,15 @@ class GrapesParameters:
     def check(self, names: dict[str, str] | None = None) -> None:
         """Errors name the field (``mode``, ``lower``, ``bits``), or the caller's name for it
         from ``names`` (``TrainConfig`` calls them ``grapes``, ``grapes_lower``, ...)."""
-        n = {"mode": "mode", "lower": "lower", "bits": "bits", **(names or {})}
+        from grapes_hw.config import check_types
+        from grapes_hw.errors import ConfigError
+
+        n = {"mode": "mode", "lower": "lower", "bits": "bits", "ideal_read": "ideal_read",
+             **(names or {})}
+        try:
+            check_types(self)  # a bool for lower, 2.5 bits, ... (built in Python)
+        except ConfigError as e:
+            raise ConfigError(n.get(e.field, e.field), e.message) from None
         require(self.mode in ("off", "local", "propagating"), n["mode"],
                 f"got {self.mode!r}; allowed values: off, local, propagating")
         if self.lower is not None:
@@ -70,6 +79,13 @@ def modulation_factor(importance: torch.Tensor, lower: float | None = 1.0,
     Returns a new tensor (``importance`` is not modified). All-zero or non-finite importance
     (e.g. a layer of zeros) gives m = 1 everywhere rather than NaN.
     """
+    if importance.numel() == 0:
+        raise ValueError("modulation_factor: importance is empty (a layer without nodes)")
+    if lower is not None and not 0.0 <= lower <= 2.0:  # NaN fails this too
+        raise ValueError(f"modulation_factor: lower must be in [0, 2] or None, got {lower!r}")
+    if bits is not None and not (isinstance(bits, numbers.Integral) and bits >= 1):
+        raise ValueError(f"modulation_factor: bits must be an integer >= 1 or None, got "
+                         f"{bits!r}")
     top = float(importance.max())
     if not math.isfinite(top) or top <= 0.0:
         return torch.ones_like(importance)
@@ -77,7 +93,7 @@ def modulation_factor(importance: torch.Tensor, lower: float | None = 1.0,
     m.clamp_(min=lower, max=2.0)
     if bits is not None:
         lo = float(m.min()) if lower is None else lower  # unbounded: quantise on [min m, 2]
-        levels = (1 << bits) - 1
+        levels = (1 << int(bits)) - 1
         if levels > 0 and lo < 2.0:
             step = (2.0 - lo) / levels
             m = torch.round((m - lo) / step).mul_(step).add_(lo)

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -31,11 +32,15 @@ def exact_mvm(backend) -> bool:
     return False
 
 
-def _pair(v) -> tuple[int, int]:
-    if isinstance(v, (tuple, list)):
-        a, b = v
-        return int(a), int(b)
-    return int(v), int(v)
+def _pair(v, name: str, least: int) -> tuple[int, int]:
+    """``v`` or ``(a, b)`` as two integers >= ``least``; anything else (1.5, "same", a
+    1-tuple, 0 for a kernel or stride) is a ValueError naming ``name``."""
+    pair = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+    if len(pair) != 2 or not all(isinstance(a, numbers.Integral) and not isinstance(a, bool)
+                                 and a >= least for a in pair):
+        raise ValueError(f"HWConv2d: {name} must be an integer >= {least} or a pair of them, "
+                         f"got {v!r}")
+    return int(pair[0]), int(pair[1])
 
 
 _EYE: dict = {}
@@ -80,10 +85,13 @@ class HWConv2d:
 
         self.backend = backend
         self.shape = tuple(backend.shape)
+        if not (isinstance(in_channels, numbers.Integral) and in_channels >= 1):
+            raise ValueError(f"HWConv2d: in_channels must be an integer >= 1, got "
+                             f"{in_channels!r}")
         self.in_channels = int(in_channels)
-        self.kernel_size = _pair(kernel_size)
-        self.stride = _pair(stride)
-        self.padding = _pair(padding)
+        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
+        self.stride = _pair(stride, "stride", 1)
+        self.padding = _pair(padding, "padding", 0)
         self.out_channels = self.shape[0]
         kh, kw = self.kernel_size
         if self.shape[1] != self.in_channels * kh * kw:
@@ -140,8 +148,14 @@ class HWConv2d:
                       train: bool = True) -> tuple[torch.Tensor, ConvContext]:
         """Output and what the backward pass needs. ``train=False``: the test-time MVM where
         the backend distinguishes it (analog inference tiles: drift applies)."""
+        if x.dim() != 4 or x.shape[1] != self.in_channels or not x.is_floating_point():
+            raise ValueError(f"HWConv2d: expected a floating-point input of shape (B, "
+                             f"{self.in_channels}, H, W), got {x.dtype} {tuple(x.shape)}")
         B = x.shape[0]
         ho, wo = self.output_hw(x.shape[2], x.shape[3])
+        if ho < 1 or wo < 1:
+            raise ValueError(f"HWConv2d: a {x.shape[2]}x{x.shape[3]} input (padding "
+                             f"{self.padding}) is smaller than the {self.kernel_size} kernel")
         if self.exact:
             a = F.conv2d(x, self.kernel(x.dtype), self._bias(x.dtype), self.stride,
                          self.padding)

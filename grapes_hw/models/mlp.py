@@ -31,6 +31,9 @@ class HWLinear:
             self.bias = FloatBackend((self.shape[0], 1), FloatParams())
 
     def forward(self, x: torch.Tensor, train: bool = True) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[1] != self.shape[1] or not x.is_floating_point():
+            raise ValueError(f"HWLinear: expected a floating-point input of shape (B, "
+                             f"{self.shape[1]}), got {x.dtype} {tuple(x.shape)}")
         if train:
             a = self.backend.forward(x)
         else:  # the test-time MVM (analog inference tiles: drift and compensation apply)

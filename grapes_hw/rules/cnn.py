@@ -23,6 +23,7 @@ class CNNLearner:
         if credit not in CREDITS:
             raise ConfigError("credit", f"got {credit!r}; model 'cnn' supports "
                                         f"{', '.join(CREDITS)}")
+        grapes.check()  # a GrapesParameters built in Python: mode, lower, bits in range
         self.net = net
         self.grapes = grapes
         self.optimizer = optimizer

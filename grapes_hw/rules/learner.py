@@ -62,6 +62,7 @@ class Learner:
     """Applies one learning rule (credit + GRAPES + optimizer) to a network."""
 
     def __init__(self, net: Network, credit: BP, grapes: GrapesParameters, optimizer):
+        grapes.check()  # a GrapesParameters built in Python: mode, lower, bits in range
         self.net = net
         self.credit = credit
         self.grapes = grapes

@@ -18,6 +18,7 @@ class SNULearner:
 
     def __init__(self, net: SNUNetwork, grapes: GrapesParameters, optimizer, time_steps: int,
                  generator: torch.Generator | None = None, batch_size: int | None = None):
+        grapes.check()  # a GrapesParameters built in Python: mode, lower, bits in range
         self.net = net
         self.grapes = grapes
         self.optimizer = optimizer

@@ -74,6 +74,10 @@ class NetworkConfig:
         require(self.time_steps >= 1, "time_steps", f"got {self.time_steps}; must be >= 1")
         require(self.test_time_steps >= 1, "test_time_steps",
                 f"got {self.test_time_steps}; must be >= 1")
+        for name in ("time_steps", "test_time_steps"):
+            require(self.model in ("snu", "ssnu") or getattr(self, name) == 20, name,
+                    f"applies to model 'snu' or 'ssnu' (rate-coded inputs); got model "
+                    f"{self.model!r}")
 
 
 @dataclass
@@ -103,6 +107,9 @@ class DataConfig:
                                   f"has {n_max} samples, so allowed values are 1..{n_max}")
         require(0 <= self.val_fraction < 1, "val_fraction",
                 f"got {self.val_fraction}; must be in [0, 1)")
+        require(self.data_dir is None or self.dataset != "digits", "data_dir",
+                "digits comes with scikit-learn and is not read from files; data_dir applies "
+                "to fashion-mnist and mnist")
 
 
 @dataclass
@@ -147,12 +154,16 @@ class RuleConfig:
                 "is the SGD control for GRAPES; use it with grapes='off'")
         self.grapes_params().check({"mode": "grapes", "lower": "grapes_lower",
                                     "bits": "grapes_bits"})
-        for name, unset in (("grapes_bits", None), ("grapes_ideal_read", False)):
+        for name, unset in (("grapes_bits", None), ("grapes_ideal_read", False),
+                            ("grapes_lower", 1.0)):
             require(self.grapes != "off" or getattr(self, name) == unset, name,
                     "applies to grapes 'local' or 'propagating'; got grapes 'off' (it would "
                     "change nothing but the run's record)")
         require(self.velocity_bits is None or 2 <= self.velocity_bits <= 32, "velocity_bits",
                 f"got {self.velocity_bits}; allowed 2..32 (or none for float32)")
+        require(self.momentum == 0.9 or self.optimizer in ("momentum", "nag"), "momentum",
+                f"applies to optimizer 'momentum' or 'nag', got {self.optimizer!r} (rmsprop's "
+                "own momentum is extra.optimizer.momentum)")
         require(self.velocity_bits is None or self.optimizer in ("momentum", "nag"),
                 "velocity_bits",
                 f"applies to optimizer 'momentum' or 'nag', got {self.optimizer!r}")
@@ -208,7 +219,7 @@ class RunConfig:
     def check(self) -> None:
         require(self.epochs >= 1, "epochs", f"got {self.epochs}; must be >= 1")
         require(self.batch_size >= 1, "batch_size", f"got {self.batch_size}; must be >= 1")
-        require(self.seed >= 0, "seed", f"got {self.seed}; must be >= 0")
+        require(0 <= self.seed < 2**32, "seed", f"got {self.seed}; must be in 0..2**32-1")
 
 
 GROUPS: dict[str, type] = {"network": NetworkConfig, "data": DataConfig, "rule": RuleConfig,
@@ -291,8 +302,14 @@ class TrainConfig:
         return field_docs(GROUPS[FIELDS[name]]).get(name, "")
 
     def check(self) -> None:
-        for g in GROUPS:
-            getattr(self, g).check()
+        from grapes_hw.config import check_types
+
+        for g, cls in GROUPS.items():
+            grp = getattr(self, g)
+            require(isinstance(grp, cls), g, f"got {grp!r}; expected a {cls.__name__} (or "
+                                             "build the config with TrainConfig.from_flat)")
+            check_types(grp, skip=("lr",))  # lr: RuleConfig.check names the defaults
+            grp.check()
         from grapes_hw.models.cnn import check_config as check_cnn
         from grapes_hw.models.snu import check_config
 

@@ -175,6 +175,9 @@ def _builder(name: str):
 def run(cfg: TrainConfig, *, progress: bool = False,
         on_epoch: EpochCallback | None = None, dataset=None) -> dict:
     """Train one network as configured (any ``model``); return the result dictionary."""
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"run: cfg must be a TrainConfig (e.g. TrainConfig.from_flat("
+                        f"dataset='digits', lr=0.1)), got {cfg!r}")
     cfg.check()
     return run_model(cfg, _builder(cfg.network.model), progress=progress, on_epoch=on_epoch,
                      dataset=dataset)
