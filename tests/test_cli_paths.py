@@ -64,11 +64,32 @@ def test_a_width_left_out_of_layers_is_refused(capsys, layers):
     refused(capsys, "train", "--layers", layers, option="--layers", says="empty width")
 
 
-def test_grapes_options_with_grapes_off_are_refused(capsys):
-    refused(capsys, "train", *TINY, "--grapes-bits", "4", option="--grapes-bits",
-            says="grapes 'off'")
-    refused(capsys, "train", *TINY, "--grapes-ideal-read", option="--grapes-ideal-read")
-    assert call(capsys, "train", *TINY, "--grapes", "local", "--grapes-bits", "4")[0] == 0
+@pytest.mark.parametrize("args, option", [
+    (["--grapes-bits", "4"], "--grapes-bits"),
+    (["--grapes-ideal-read"], "--grapes-ideal-read"),
+    (["--grapes-lower", "0.5"], "--grapes-lower"),
+    (["--momentum", "0.5"], "--momentum"),
+    (["--velocity-rounding", "stochastic", "--optimizer", "momentum"], "--velocity-rounding"),
+    (["--time-steps", "5"], "--time-steps"),
+    (["--test-time-steps", "5"], "--test-time-steps"),
+])
+def test_train_options_that_would_change_nothing_are_refused(capsys, args, option):
+    refused(capsys, "train", *TINY, *args, option=option, says="has no effect here")
+
+
+def test_the_same_options_where_they_act_are_accepted(capsys):
+    for args in (["--grapes", "local", "--grapes-bits", "4"],
+                 ["--lr-matched", "--grapes-lower", "0.5"],
+                 ["--optimizer", "nag", "--momentum", "0.5"]):
+        assert call(capsys, "train", *TINY, *args)[0] == 0, args
+
+
+def test_continual_passes_grapes_lower_to_the_rules_that_use_it(capsys, tmp_path):
+    rc, err = call(capsys, "continual", "--dataset", "digits", "--layers", "8", "--tasks", "2",
+                   "--epochs-per-task", "1", "--train-subset", "256", "--no-download",
+                   "--quiet", "--no-plots", "--grapes-lower", "0.5", "--out",
+                   str(tmp_path / "c"))
+    assert rc == 0, err
 
 
 def test_non_utf8_device_model_is_refused(capsys, tmp_path):
@@ -251,3 +272,25 @@ def test_report_that_cannot_write_a_file_names_it(capsys, tmp_path):
     (out / "summary.csv").unlink(missing_ok=True)
     (out / "summary.csv").mkdir()
     refused(capsys, "report", str(out), option="summary.csv", says="Is a directory")
+
+
+def test_compare_out_never_replaces_a_result(capsys, tmp_path):
+    r1, r2 = tmp_path / "r1.json", tmp_path / "r2.json"
+    assert call(capsys, "train", *TINY, "--out", str(r1))[0] == 0
+    assert call(capsys, "train", *TINY, "--lr", "0.05", "--out", str(r2))[0] == 0
+    before = r2.read_text()
+    refused(capsys, "compare", str(r1), "--out", str(r2), option="--out",
+            says="holds run results")
+    assert r2.read_text() == before
+
+
+def test_demo_refuses_a_sweep_folder(capsys, tmp_path):
+    (tmp_path / "runs.jsonl").write_text("")
+    refused(capsys, "demo", "--quick", "--out", str(tmp_path), option="--out",
+            says="holds a sweep's results")
+
+
+@pytest.mark.parametrize("name", ["../../escape", "", ".", "/tmp/x", "a/b"])
+def test_study_name_is_a_folder_name_not_a_path(capsys, tmp_path, name):
+    refused(capsys, "sweep", study(tmp_path, STUDY.format(name=name)), "--dry-run",
+            option="study.name", says="names the results folder")

@@ -21,6 +21,24 @@ def add_cli(sub) -> None:
     p.set_defaults(func=cmd_compare)
 
 
+def _holds_results(path: Path) -> bool:
+    """Whether ``path`` is a run's result.json or a sweep's runs.jsonl: the whole file, or
+    its first line, a JSON object with a ``config`` or a ``key``."""
+    import json
+
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    for text in (data, data.split(b"\n", 1)[0]):
+        try:
+            rec = json.loads(text)
+        except (ValueError, UnicodeDecodeError):
+            continue
+        return isinstance(rec, dict) and ("config" in rec or "key" in rec)
+    return False
+
+
 def cmd_compare(args) -> int:
     if args.out:
         from grapes_hw.errors import ConfigError
@@ -30,6 +48,9 @@ def cmd_compare(args) -> int:
         if any(Path(f).resolve() == out for f in args.files):
             raise ConfigError("--out", f"{args.out} is one of the files compared; writing the "
                                        "table there would destroy it")
+        if out.is_file() and _holds_results(out):
+            raise ConfigError("--out", f"{args.out} holds run results (a result.json or "
+                                       "runs.jsonl); write the table elsewhere")
     runs = load_results(args.files)
     header, rows, shared = compare_table(runs, args.all)
     text = render(header, rows, args.format)

@@ -70,6 +70,11 @@ def run_demo(out_dir: str = "demo_out", quick: bool = False) -> int:
     from grapes_hw.studies.store import check_out_dir
 
     out = check_out_dir(out_dir, "--out")
+    if (out / "runs.jsonl").exists() or (out / "study.json").exists():
+        from grapes_hw.errors import ConfigError
+
+        raise ConfigError("--out", f"{out} holds a sweep's results; the demo's files "
+                                   "(learning_curves.png, ...) would replace its report's")
     out.mkdir(parents=True, exist_ok=True)
     results = []
     jsonl = out / "demo_results.jsonl"

@@ -160,6 +160,33 @@ def config_from_args(args: argparse.Namespace):
     )
 
 
+def check_options_act(args: argparse.Namespace) -> None:
+    """An option typed on the command line must change the run: ``--grapes-bits`` with
+    GRAPES off, ``--momentum`` with SGD, ... would only be recorded. (A study may set them
+    in ``[base]`` for a grid whose other runs use them, so this is the CLI's check.)"""
+    grapes_on = args.grapes != "off"
+    rules = [
+        ("--grapes-bits", args.grapes_bits is not None, grapes_on, "--grapes local/propagating"),
+        ("--grapes-ideal-read", args.grapes_ideal_read, grapes_on,
+         "--grapes local/propagating"),
+        ("--grapes-lower", args.grapes_lower != 1.0, grapes_on or args.lr_matched,
+         "--grapes local/propagating or --lr-matched"),
+        ("--momentum", args.momentum != 0.9, args.optimizer in ("momentum", "nag"),
+         "--optimizer momentum or nag"),
+        ("--velocity-rounding", args.velocity_rounding != "nearest",
+         args.velocity_bits is not None, "--velocity-bits"),
+        ("--time-steps", args.time_steps != 20, args.model in ("snu", "ssnu"),
+         "--model snu or ssnu"),
+        ("--test-time-steps", args.test_time_steps != 20, args.model in ("snu", "ssnu"),
+         "--model snu or ssnu"),
+        ("--data-dir", args.data_dir is not None, args.dataset != "digits",
+         "--dataset fashion-mnist or mnist (digits comes with scikit-learn)"),
+    ]
+    for option, given, acts, where in rules:
+        if given and not acts:
+            raise ConfigError(option, f"has no effect here; it applies with {where}")
+
+
 def check_result_out(path: str, cfg, option: str = "--out") -> None:
     """Before training: the result can be written to ``path``, and writing it loses nothing.
     An existing file is replaced only when it is the result of the same settings (a rerun);
@@ -206,6 +233,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     cfg.check()
+    check_options_act(args)
     load_device_model(cfg.device.backend)  # fail fast on a bad --backend
     if args.out:
         check_result_out(args.out, cfg)

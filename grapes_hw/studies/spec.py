@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import itertools
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin
@@ -320,6 +321,11 @@ def study_from_dict(raw: dict, *, quick: bool = False, path: str = "<dict>",
     for k in ("name", "description", "question"):
         if k in meta and not isinstance(meta[k], str):
             raise ConfigError(f"study.{k}", f"expected a string, got {meta[k]!r}")
+    name = meta.get("name", default_name)
+    # the name is the default results folder (sweeps/NAME): no path, no "." or ".."
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or ".." in name:
+        raise ConfigError("study.name", f"got {name!r}; use letters, digits, '.', '_' and "
+                                        "'-' (it names the results folder sweeps/NAME)")
     requires = meta.get("requires", [])
     if not (isinstance(requires, list) and all(isinstance(r, str) for r in requires)):
         raise ConfigError("study.requires", f"expected a list of strings, got {requires!r}")

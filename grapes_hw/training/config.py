@@ -74,10 +74,6 @@ class NetworkConfig:
         require(self.time_steps >= 1, "time_steps", f"got {self.time_steps}; must be >= 1")
         require(self.test_time_steps >= 1, "test_time_steps",
                 f"got {self.test_time_steps}; must be >= 1")
-        for name in ("time_steps", "test_time_steps"):
-            require(self.model in ("snu", "ssnu") or getattr(self, name) == 20, name,
-                    f"applies to model 'snu' or 'ssnu' (rate-coded inputs); got model "
-                    f"{self.model!r}")
 
 
 @dataclass
@@ -107,9 +103,6 @@ class DataConfig:
                                   f"has {n_max} samples, so allowed values are 1..{n_max}")
         require(0 <= self.val_fraction < 1, "val_fraction",
                 f"got {self.val_fraction}; must be in [0, 1)")
-        require(self.data_dir is None or self.dataset != "digits", "data_dir",
-                "digits comes with scikit-learn and is not read from files; data_dir applies "
-                "to fashion-mnist and mnist")
 
 
 @dataclass
@@ -154,16 +147,8 @@ class RuleConfig:
                 "is the SGD control for GRAPES; use it with grapes='off'")
         self.grapes_params().check({"mode": "grapes", "lower": "grapes_lower",
                                     "bits": "grapes_bits"})
-        for name, unset in (("grapes_bits", None), ("grapes_ideal_read", False),
-                            ("grapes_lower", 1.0)):
-            require(self.grapes != "off" or getattr(self, name) == unset, name,
-                    "applies to grapes 'local' or 'propagating'; got grapes 'off' (it would "
-                    "change nothing but the run's record)")
         require(self.velocity_bits is None or 2 <= self.velocity_bits <= 32, "velocity_bits",
                 f"got {self.velocity_bits}; allowed 2..32 (or none for float32)")
-        require(self.momentum == 0.9 or self.optimizer in ("momentum", "nag"), "momentum",
-                f"applies to optimizer 'momentum' or 'nag', got {self.optimizer!r} (rmsprop's "
-                "own momentum is extra.optimizer.momentum)")
         require(self.velocity_bits is None or self.optimizer in ("momentum", "nag"),
                 "velocity_bits",
                 f"applies to optimizer 'momentum' or 'nag', got {self.optimizer!r}")
