@@ -294,3 +294,11 @@ def test_demo_refuses_a_sweep_folder(capsys, tmp_path):
 def test_study_name_is_a_folder_name_not_a_path(capsys, tmp_path, name):
     refused(capsys, "sweep", study(tmp_path, STUDY.format(name=name)), "--dry-run",
             option="study.name", says="names the results folder")
+
+
+def test_drift_eval_on_a_digital_backend_fails_before_training(capsys):
+    rc = main(["train", "--dataset", "digits", "--layers", "8", "--epochs", "1",
+               "--train-subset", "256", "--no-download", "--drift-eval"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and "--drift-eval" in err and "inference tile" in err
+    assert "epoch" not in out  # refused before the first epoch, not after training

@@ -12,6 +12,17 @@ DRIFT_TIMES = (1.0, 3600.0, 86400.0, 31536000.0)
 """Seconds after programming at which drift is evaluated: 1 s, 1 h, 1 day, 1 year."""
 
 
+def check_drift_layers(net) -> list:
+    """The backends of ``net``'s layers, if every one can drift (an analog inference tile);
+    else ConfigError naming ``drift_eval``."""
+    layers = [layer.backend for layer in net.layers]
+    if not all(b.abilities.drift for b in layers):
+        raise ConfigError("drift_eval", "needs every layer on an analog inference tile "
+                                          "(an InferenceRPUConfig-based device model, e.g. "
+                                          "pcm-inference)")
+    return layers
+
+
 def drift_evaluation(net, x_test: torch.Tensor, y_test: torch.Tensor,
                      times: tuple[float, ...] = DRIFT_TIMES, repeats: int = 3,
                      seed: int = 0) -> list[dict]:
@@ -21,11 +32,7 @@ def drift_evaluation(net, x_test: torch.Tensor, y_test: torch.Tensor,
     trained weights are programmed afresh (new programming noise) ``repeats`` times; the
     mean and std of the test accuracy are reported. Needs InferenceRPUConfig-based tiles.
     """
-    layers = [layer.backend for layer in net.layers]
-    if not all(b.abilities.drift for b in layers):
-        raise ConfigError("drift_eval", "needs every layer on an analog inference tile "
-                                          "(an InferenceRPUConfig-based device model, e.g. "
-                                          "pcm-inference)")
+    layers = check_drift_layers(net)
     out = []
     torch.manual_seed(seed)
     for comp in (True, False):

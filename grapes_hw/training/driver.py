@@ -30,6 +30,7 @@ from grapes_hw.backends.registry import (
     resolve_device_model,
 )
 from grapes_hw.config import to_dict
+from grapes_hw.errors import ConfigError
 from grapes_hw.functional.init import he_uniform
 from grapes_hw.models.mlp import HWLinear, Network
 from grapes_hw.rules.optim import make_optimizer
@@ -340,6 +341,13 @@ def run_model(cfg: TrainConfig, builder: Builder, *, progress: bool = False,
     x_val, y_val = as_t(data.x_val, np.float32), as_t(data.y_val, np.int64)
     optimizer = build_optimizer(cfg)
     m = builder(cfg, model, data, x_train, optimizer)
+    if cfg.device.drift_eval:  # before training, not after it
+        if not m.drift:
+            raise ConfigError("drift_eval", f"applies to models mlp and cnn, not "
+                                            f"{cfg.network.model!r}")
+        from grapes_hw.training.drift import check_drift_layers
+
+        check_drift_layers(m.net)
 
     (lr, _), lr_scale = cfg.resolved_lr(), 1.0
     if cfg.rule.lr_matched:
