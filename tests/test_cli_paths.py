@@ -302,3 +302,10 @@ def test_drift_eval_on_a_digital_backend_fails_before_training(capsys):
     out, err = capsys.readouterr()
     assert rc == 2 and "--drift-eval" in err and "inference tile" in err
     assert "epoch" not in out  # refused before the first epoch, not after training
+
+
+@pytest.mark.parametrize("option, value", [("--seeds", "0,0"), ("--seeds", "0,,1"),
+                                           ("--rules", "sgd,sgd"),
+                                           ("--backends", "float32,,fixed8")])
+def test_continual_lists_have_no_empty_or_repeated_items(capsys, option, value):
+    refused(capsys, "continual", option, value, option=option)

@@ -16,9 +16,13 @@ from grapes_hw.config import RULES, default_lr_text
 
 def _csv(kind):
     def parse(s: str):
-        parts = [p.strip() for p in s.split(",") if p.strip()]
-        if not parts:
+        parts = [p.strip() for p in s.split(",")]
+        if not any(parts):
             raise argparse.ArgumentTypeError(f"{s!r}: expected a comma-separated list")
+        if not all(parts):
+            raise argparse.ArgumentTypeError(f"{s!r}: an empty item between commas")
+        if len(set(parts)) != len(parts):  # seed 0 twice is not two replicates
+            raise argparse.ArgumentTypeError(f"{s!r}: an item is listed twice")
         if kind is int:
             try:
                 vals = [int(p) for p in parts]
