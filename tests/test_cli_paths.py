@@ -161,7 +161,7 @@ def test_valid_tuning_and_optimizer_options_are_accepted(capsys, tmp_path):
 
 def test_quick_without_a_quick_table_is_refused(capsys, tmp_path):
     refused(capsys, "sweep", study(tmp_path, '[base]\ndataset = "digits"\n'), "--quick",
-            "--dry-run", option="--quick", says="no [quick] table")
+            "--dry-run", option="--quick", says="no (or an empty) [quick] table")
 
 
 def test_non_utf8_study_is_refused(capsys, tmp_path):
@@ -309,3 +309,14 @@ def test_drift_eval_on_a_digital_backend_fails_before_training(capsys):
                                            ("--backends", "float32,,fixed8")])
 def test_continual_lists_have_no_empty_or_repeated_items(capsys, option, value):
     refused(capsys, "continual", option, value, option=option)
+
+
+def test_a_tuned_field_set_elsewhere_and_an_empty_quick_table_are_refused(capsys, tmp_path):
+    tuned = '[base]\ndataset = "digits"\nlr = 0.3\n[tune]\nlr = [0.1, 0.05]\n'
+    refused(capsys, "sweep", study(tmp_path, tuned), "--dry-run", "--out", str(tmp_path / "o"),
+            option="base.lr", says="[tune] chooses")
+    pinned = '[base]\ndataset = "digits"\n[tune]\nlr = [0.1, 0.05]\n[quick]\nlr = 0.1\n'
+    refused(capsys, "sweep", study(tmp_path, pinned), "--quick", "--dry-run", "--out",
+            str(tmp_path / "o"), option="quick.lr", says="[tune] chooses")
+    refused(capsys, "sweep", study(tmp_path, '[base]\ndataset = "digits"\n[quick]\n'),
+            "--quick", "--dry-run", option="--quick", says="empty")

@@ -309,8 +309,8 @@ def study_from_dict(raw: dict, *, quick: bool = False, path: str = "<dict>",
     if not raw:
         raise ConfigError("study", f"{path} is empty: a study needs at least a [base] table "
                                    "(see studies/README.md)")
-    if quick and "quick" not in raw:
-        raise ConfigError("--quick", f"{path} has no [quick] table: without it the quick "
+    if quick and not raw.get("quick"):
+        raise ConfigError("--quick", f"{path} has no (or an empty) [quick] table: the quick "
                                      "variant would be the full study; run without --quick")
     meta = raw.get("study", {})
     if not isinstance(meta, dict):
@@ -426,6 +426,10 @@ def study_from_dict(raw: dict, *, quick: bool = False, path: str = "<dict>",
         a.points = list(uniq.values())
 
     if tune is not None:
+        for name, src in source.items():
+            if name == tune.field:
+                raise ConfigError(src, f"sets {tune.field!r}, the field [tune] chooses: "
+                                       "remove it (it would be overridden)")
         for a in ordered:
             if any(tune.field in p for p in a.points):
                 raise ConfigError(f"{a.source}", f"sets {tune.field!r}, the field [tune] "
