@@ -216,10 +216,15 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+LR_MAX = 1e6
+"""The largest learning rate accepted: far above any that trains, and far below where the
+float32 arithmetic of an update (``lr / batch * delta * x``) overflows (~1e38)."""
+
+
 def is_positive_lr(lr: Any) -> bool:
-    """A usable learning rate: a finite number > 0 (not a bool)."""
+    """A usable learning rate: a number in (0, LR_MAX] (not a bool)."""
     return (isinstance(lr, numbers.Real) and not isinstance(lr, bool) and math.isfinite(lr)
-            and lr > 0)
+            and 0 < lr <= LR_MAX)
 
 
 def check_types(obj: Any, skip: Iterable[str] = ()) -> None:
@@ -247,5 +252,5 @@ def require(cond: bool, field: str, message: str) -> None:
 
 
 __all__ = ["DEFAULT_LR", "check_types", "default_lr", "default_lr_text", "did_you_mean",
-           "field_docs", "from_mapping", "is_positive_lr", "to_dict", "require", "typing",
+           "LR_MAX", "field_docs", "from_mapping", "is_positive_lr", "to_dict", "require", "typing",
            "unknown_keys_error"]

@@ -17,6 +17,18 @@ from grapes_hw.backends.float_backend import FloatBackend, FloatParams  # noqa: 
 from grapes_hw.models.mlp import HWLinear, Network  # noqa: E402
 
 
+def call(capsys, *args):
+    """The CLI's ``main`` in-process: returns (exit code, stderr); argparse errors, which
+    raise SystemExit, give their exit code too."""
+    from grapes_hw.cli.main import main
+
+    try:
+        rc = main(list(args))
+    except SystemExit as e:
+        rc = e.code
+    return rc, capsys.readouterr().err
+
+
 def make_net(weights: list[torch.Tensor], activation: str = "relu", bias: bool = False,
              dtype: str = "float64") -> Network:
     layers = []

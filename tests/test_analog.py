@@ -261,6 +261,25 @@ def test_object_fields_and_pair_baseline():
         _backend("IdealizedPreset", g0=1.0).program(w)
 
 
+
+@pytest.mark.parametrize("params, field, message", [
+    # a class that exists in aihwkit but is not an RPU configuration / not a device
+    (dict(rpu_config="PCMLikeNoiseModel"), "analog.rpu_config", "not an RPU configuration"),
+    (dict(rpu_config="SingleRPUConfig", device="PCMPreset"), "analog.device",
+     "not an aihwkit device"),
+    # private attributes are not fields
+    (dict(set={"__class__": "PCMPreset"}), 'analog.set."__class__"', "not a configuration"),
+    (dict(set={"forward._foo": 1.0}), 'analog.set."forward._foo"', "not a configuration"),
+    # an object field given a number: aihwkit would fail inside the tile's construction
+    (dict(set={"forward": 3}), 'analog.set."forward"', "holds a"),
+    # fields aihwkit accepts one by one but that make no tile
+    (dict(set={"forward.inp_bound": 0.0}), "analog", "cannot build a tile"),
+])
+def test_bad_analog_configs_fail_at_check_naming_the_field(params, field, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        AnalogParams(**params).check()
+    assert e.value.field == field
+
 def test_device_to_device_variation_is_seeded():
     def bounds(seed):
         return _backend("PCMPreset", seed=seed).tile.get_hidden_parameters()["max_bound_0"]

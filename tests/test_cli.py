@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import call
 
 from grapes_hw.cli.main import main
 
@@ -16,14 +17,6 @@ def run_cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "grapes_hw.cli", *args], capture_output=True,
                           text=True, cwd=cwd, timeout=300)
 
-
-def call(capsys, *args):
-    """``main`` in-process: returns (exit code, stderr); argparse errors raise SystemExit."""
-    try:
-        rc = main(list(args))
-    except SystemExit as e:
-        rc = e.code
-    return rc, capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, option", [

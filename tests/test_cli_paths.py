@@ -6,20 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import call
 
 from grapes_hw.cli.main import main
 
 TINY = ["--dataset", "digits", "--layers", "8", "--epochs", "1", "--train-subset", "256",
         "--quiet", "--no-download"]
 
-
-def call(capsys, *args):
-    """``main`` in-process: (exit code, stderr); argparse errors raise SystemExit."""
-    try:
-        rc = main(list(args))
-    except SystemExit as e:
-        rc = e.code
-    return rc, capsys.readouterr().err
 
 
 def refused(capsys, *args, option: str, says: str = "") -> str:
@@ -97,6 +90,32 @@ def test_non_utf8_device_model_is_refused(capsys, tmp_path):
     bad.write_bytes('description = "r\xe9sistance"\n'.encode("latin-1"))
     refused(capsys, "train", *TINY, "--backend", str(bad), option="--backend", says="UTF-8")
     refused(capsys, "devices", str(bad), option="NAME", says="UTF-8")
+
+
+@pytest.mark.parametrize("lr", ["1e50", "2e6"])
+def test_an_lr_that_overflows_the_update_is_refused(capsys, tmp_path, lr):
+    # 1e50 once reached the backend and died in float32 arithmetic (a traceback)
+    refused(capsys, "train", *TINY, "--lr", lr, "--out", str(tmp_path / "r.json"),
+            option="--lr", says="(0, 1e+06]")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_a_model_too_large_for_memory_is_an_error_not_a_traceback(capsys, monkeypatch):
+    import grapes_hw.training.train as train
+
+    def no_memory(*args, **kwargs):  # what torch's allocator raises for a huge --layers
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+                           "can't allocate memory: you tried to allocate 25600000000 bytes.")
+
+    monkeypatch.setattr(train, "run", no_memory)
+    refused(capsys, "train", *TINY, option="out of memory", says="--layers")
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(train, "run", bug)  # any other RuntimeError is a bug: it propagates
+    with pytest.raises(RuntimeError, match="shapes"):
+        call(capsys, "train", *TINY)
 
 
 # ---- studies -------------------------------------------------------------------------------

@@ -479,6 +479,17 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is a failed allocation (Python's MemoryError, or torch's allocator)."""
+    return isinstance(e, MemoryError) or "can't allocate memory" in str(e) \
+        or "DefaultCPUAllocator" in str(e)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -502,6 +513,15 @@ def main(argv: list[str] | None = None) -> int:
         # what went wrong and where, not a traceback
         print(f"{PROG} {args.command}: error: {e.filename}: {e.strerror or e}",
               file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        if not _out_of_memory(e):
+            raise
+        # a model, a minibatch or a dataset larger than this machine's memory: the sizes the
+        # user chose, not a bug; say which options set them
+        print(f"{PROG} {args.command}: error: out of memory: {_first_line(e)}; the sizes "
+              "come from --layers, --conv, --batch-size and the dataset (or the study's "
+              "settings): choose smaller ones", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

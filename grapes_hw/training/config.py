@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_type_hints
 
 from grapes_hw.backends.registry import DeviceModel, is_rpu_config
-from grapes_hw.config import default_lr, default_lr_text, is_positive_lr, require
+from grapes_hw.config import LR_MAX, default_lr, default_lr_text, is_positive_lr, require
 from grapes_hw.errors import ConfigError
 from grapes_hw.functional.grapes import GrapesMode, GrapesParameters
 
@@ -140,7 +140,7 @@ class RuleConfig:
         _allowed("credit", self.credit, CreditName)
         _allowed("velocity_rounding", self.velocity_rounding, Rounding)
         require(self.lr is None or is_positive_lr(self.lr), "lr",
-                f"got {self.lr!r}; must be a positive finite number, or unset for the "
+                f"got {self.lr!r}; must be a number in (0, {LR_MAX:g}], or unset for the "
                 f"optimizer's default ({default_lr_text()})")
         require(0 <= self.momentum < 1, "momentum", f"got {self.momentum}; must be in [0, 1)")
         require(not (self.lr_matched and self.grapes != "off"), "lr_matched",
@@ -159,7 +159,7 @@ class RuleConfig:
         (before ``lr_matched`` scaling)."""
         if self.lr is not None:
             require(is_positive_lr(self.lr), "lr",
-                    f"got {self.lr!r}; must be a positive finite number")
+                    f"got {self.lr!r}; must be a number in (0, {LR_MAX:g}]")
             return float(self.lr), "given"
         return default_lr(self.optimizer), f"default for {self.optimizer}"
 

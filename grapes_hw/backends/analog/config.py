@@ -79,28 +79,51 @@ class AnalogParams:
                                            and self.tile_size >= 1),
                 "tile_size", f"got {self.tile_size!r}; must be a positive integer or absent")
         try:
-            build_rpu_config(self)
+            cfg = build_rpu_config(self)
         except BackendUnavailable:
-            pass  # validated again when the backend is built; the message says how to install
+            return  # validated again when the backend is built; the message says how to install
+        try:  # a 2x2 tile: what aihwkit accepts as a field need not make a working tile
+            cfg.tile_class(2, 2, cfg)
+        except Exception as e:  # aihwkit raises TypeError, RuntimeError, ValueError, ...
+            raise ConfigError("analog", f"aihwkit cannot build a tile from this configuration "
+                                        f"({type(e).__name__}: {e})") from None
 
 
-def _lookup(name: str, option: str):
+def _lookup(name: str, option: str, kind: str = "object"):
+    """The aihwkit class called ``name``; ``kind`` is what it must be: ``rpu_config`` (an RPU
+    configuration), ``device`` (a device or unit cell) or ``object`` (any class, for object
+    fields such as noise_model)."""
     configs, presets = _aihwkit()
     import aihwkit.inference as inference
     from aihwkit.simulator.configs import devices as cdevices
+    from aihwkit.simulator.parameters.base import RPUConfigBase
 
     for mod in (presets, configs, cdevices, inference):
         obj = getattr(mod, name, None)
         if isinstance(obj, type):
-            return obj
-    raise ConfigError(option, f"unknown aihwkit class {name!r}; e.g. PCMPreset, "
-                              "MixedPrecisionPCMPreset, IdealizedPreset, InferenceRPUConfig "
-                              "(or, for object fields, PCMLikeNoiseModel, GlobalDriftCompensation)")
+            break
+    else:
+        raise ConfigError(option, f"unknown aihwkit class {name!r}; e.g. PCMPreset, "
+                                  "MixedPrecisionPCMPreset, IdealizedPreset, InferenceRPUConfig "
+                                  "(or, for object fields, PCMLikeNoiseModel, "
+                                  "GlobalDriftCompensation)")
+    is_config = issubclass(obj, RPUConfigBase)
+    if kind == "rpu_config" and not is_config:
+        raise ConfigError(option, f"{name!r} is not an RPU configuration; e.g. PCMPreset, "
+                                  "MixedPrecisionPCMPreset, IdealizedPreset, InferenceRPUConfig, "
+                                  "SingleRPUConfig")
+    if kind == "device" and (is_config or not hasattr(obj, "as_bindings")):
+        raise ConfigError(option, f"{name!r} is not an aihwkit device; e.g. PCMPresetDevice, "
+                                  "PCMPresetUnitCell, ConstantStepDevice, SoftBoundsDevice")
+    return obj
 
 
 def _set_path(obj: Any, path: str, value: Any, key: str) -> None:
     parts = path.split(".")
     for i, part in enumerate(parts):
+        if not part or part.startswith("_"):
+            raise ConfigError(key, f"{part!r} is not a configuration field (a dotted path of "
+                                   "public field names, e.g. \"forward.out_noise\")")
         if isinstance(obj, (list, tuple)):
             for item in obj:
                 _set_path(item, ".".join(parts[i:]), value, key)
@@ -132,6 +155,12 @@ def _set_path(obj: Any, path: str, value: Any, key: str) -> None:
                 else:
                     cls = _lookup(value, key)
                     value = cls if isinstance(current, type) else cls()
+            elif current is not None and not isinstance(current, (str, list, tuple, dict)):
+                # an object field given a number, a list, a table: aihwkit would fail later,
+                # deep inside the tile's construction
+                raise ConfigError(key, f"got {value!r}; {part!r} holds a "
+                                       f"{type(current).__name__}: give an aihwkit class "
+                                       "name, or \"none\", or set its fields by a longer path")
             setattr(obj, part, value)
         else:
             obj = getattr(obj, part)
@@ -139,9 +168,9 @@ def _set_path(obj: Any, path: str, value: Any, key: str) -> None:
 
 def build_rpu_config(params: AnalogParams):
     """The aihwkit RPU config described by ``params`` (a fresh object each call)."""
-    cfg = _lookup(params.rpu_config, "analog.rpu_config")()
+    cfg = _lookup(params.rpu_config, "analog.rpu_config", "rpu_config")()
     if params.device is not None:
-        cfg.device = _lookup(params.device, "analog.device")()
+        cfg.device = _lookup(params.device, "analog.device", "device")()
     for path, value in params.set.items():
         _set_path(cfg, path, value, f'analog.set."{path}"')
     return cfg
