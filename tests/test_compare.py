@@ -101,6 +101,34 @@ def test_compare_bad_input(tmp_path, capsys):
     assert "not valid JSON" in capsys.readouterr().err
 
 
+def test_hand_damaged_records_are_refused_naming_the_field(tmp_path, capsys):
+    """A field of the wrong type once crashed compare/report deep inside (or, a string
+    accuracy, was read as a result); now the record is refused, the field named."""
+    curve = [0.5, 0.6]
+    damaged = {"best_test_acc": "abc", "epochs": "x", "config": None,
+               "epochs[1].test_acc": "bad"}
+    for field, value in damaged.items():
+        r = result(0.1, "float32", "float", curve)
+        if field.startswith("epochs["):
+            r["epochs"][0]["test_acc"] = value
+        else:
+            r[field] = value
+        f = tmp_path / "r.json"
+        f.write_text(json.dumps(r))
+        assert main(["compare", str(f)]) == 2
+        err = capsys.readouterr().err
+        assert "not a run result" in err and field.split(".")[-1].split("[")[0] in err, err
+        # in a runs.jsonl the line is left out (kept in the file), with a warning naming it,
+        # and the good runs compared
+        good = json.dumps({"key": "k0", **result(0.1, "float32", "float", curve)})
+        runs = tmp_path / "runs.jsonl"
+        runs.write_text(good + "\n" + json.dumps({"key": "k1", **r}) + "\n")
+        assert main(["compare", str(runs)]) == 0
+        captured = capsys.readouterr()
+        assert "line 2 is not a valid result" in captured.err and "k1" not in captured.out
+        assert "k0" in captured.out
+
+
 def test_compare_module_imports_nothing_heavy():
     """The CLI imports it to build ``compare``'s parser; the work's imports wait for the
     command."""

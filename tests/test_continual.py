@@ -192,6 +192,35 @@ def test_resume_keeps_finished_runs_and_trains_only_new_ones(tmp_path, monkeypat
     assert len(json.loads((tmp_path / "summary.json").read_text())["runs"]) == 4
 
 
+def test_damaged_folder_is_refused_untouched_and_a_torn_line_dropped(tmp_path):
+    from grapes_hw.training import continual as cmod
+
+    base = TrainConfig.from_flat(dataset="digits", layers=(32,), lr=0.1, batch_size=32)
+    cc = ContinualConfig(base=base, n_tasks=2, k_pixels=20, epochs_per_task=1, rules=("sgd",),
+                         seeds=(0,))
+    run_continual(cc, tmp_path, quiet=True, plots=False, dataset=_tiny_digits())
+    settings = json.loads((tmp_path / "summary.json").read_text())["settings"]
+    jfile = tmp_path / "continual.jsonl"
+    good = jfile.read_text()
+    # a kill mid-write leaves a torn last line (no newline): dropped, the finished run kept
+    jfile.write_text(good + '{"backend": "float32", "rule": "grap')
+    runs, _ = cmod._previous_runs(tmp_path, settings)
+    assert [r["rule"] for r in runs] == ["sgd"] and jfile.read_text() == good
+    for name, text in (("summary.json", "{not json"), ("summary.json", "[1, 2]"),
+                       ("summary.json", json.dumps({"settings": settings,
+                                                    "runs": [{"rule": "sgd"}]})),
+                       ("continual.jsonl", "garbage\n")):
+        keep = {f: (tmp_path / f).read_text() for f in ("summary.json", "continual.jsonl")}
+        (tmp_path / name).write_text(text)
+        before = {f: (tmp_path / f).read_text() for f in keep}
+        with pytest.raises(ConfigError, match="damaged continual study") as e:
+            cmod._previous_runs(tmp_path, settings)
+        assert e.value.field == "--out"
+        assert {f: (tmp_path / f).read_text() for f in keep} == before  # nothing rewritten
+        for f, t in keep.items():
+            (tmp_path / f).write_text(t)
+
+
 def test_continual_comparison_p_values():
     from grapes_hw.training.continual import _comparisons
 

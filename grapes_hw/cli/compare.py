@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from grapes_hw.studies import compare
@@ -51,7 +52,10 @@ def cmd_compare(args) -> int:
         if out.is_file() and _holds_results(out):
             raise ConfigError("--out", f"{args.out} holds run results (a result.json or "
                                        "runs.jsonl); write the table elsewhere")
-    runs = load_results(args.files)
+    skipped: list[str] = []
+    runs = load_results(args.files, skipped)
+    for w in skipped:
+        print(f"warning: {w}", file=sys.stderr)
     header, rows, shared = compare_table(runs, args.all)
     text = render(header, rows, args.format)
     if args.format == "md" and not args.all:

@@ -20,16 +20,21 @@ from typing import Any
 from grapes_hw.errors import ConfigError
 
 
-def load_results(paths: list[str]) -> list[tuple[str, dict]]:
-    """``(label, run)`` per run in the files; labels are file names, made unique."""
-    from grapes_hw.studies.store import latest_by_key, read_runs
+def load_results(paths: list[str], warnings: list[str] | None = None
+                 ) -> list[tuple[str, dict]]:
+    """``(label, run)`` per run in the files; labels are file names, made unique. Lines of a
+    runs.jsonl that are not results are left out, each with a message added to
+    ``warnings``."""
+    from grapes_hw.studies.store import latest_by_key, read_runs, record_problem
 
     out: list[tuple[Path, str, dict]] = []
     for p in map(Path, paths):
         if not p.is_file():
             raise ConfigError("FILE", f"no such file: {p}")
         if p.suffix == ".jsonl":
-            records, _ = read_runs(p)
+            records, skipped = read_runs(p)
+            if warnings is not None:
+                warnings += skipped
             runs = list(latest_by_key(records).values())
             if not runs:
                 raise ConfigError("FILE", f"{p} holds no results")
@@ -39,8 +44,9 @@ def load_results(paths: list[str]) -> list[tuple[str, dict]]:
             run = json.loads(p.read_text())
         except (ValueError, UnicodeDecodeError) as e:
             raise ConfigError("FILE", f"{p}: not valid JSON ({e})") from None
-        if not isinstance(run, dict) or not isinstance(run.get("config"), dict):
-            raise ConfigError("FILE", f"{p}: not a run result (no 'config'); expected the "
+        problem = record_problem(run)
+        if problem:
+            raise ConfigError("FILE", f"{p}: not a run result ({problem}); expected the "
                                       "result.json of 'grapes-hw train --out' or a runs.jsonl")
         out.append((p, p.name, run))
     labels = [lab for _, lab, _ in out]

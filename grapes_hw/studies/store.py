@@ -82,10 +82,10 @@ def read_runs(path: str | Path, *, repair: bool = False) -> tuple[list[dict], li
         pos = nl + 1
         if not line.strip():
             continue
-        rec = _parse_line(line)
-        if rec is None:
-            warnings.append(f"{path}: line {lineno} is not a valid result; ignored (kept in "
-                            "the file)")
+        rec, problem = _parse_line(line)
+        if problem:
+            warnings.append(f"{path}: line {lineno} is not a valid result ({problem}); "
+                            "ignored (kept in the file)")
             continue
         records.append(rec)
     if repair and pos < len(data):
@@ -97,14 +97,55 @@ def read_runs(path: str | Path, *, repair: bool = False) -> tuple[list[dict], li
     return records, warnings
 
 
-def _parse_line(line: bytes) -> dict | None:
+def _parse_line(line: bytes) -> tuple[dict | None, str]:
     try:
         rec = json.loads(line)
     except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(rec, dict) or not isinstance(rec.get("key"), str) or "status" not in rec:
-        return None
-    return rec
+        return None, "not JSON"
+    problem = record_problem(rec, need_key=True)
+    return (None, problem) if problem else (rec, "")
+
+
+_NUMBERS = ("best_test_acc", "final_test_acc", "slowness", "seconds_total", "pulses_total",
+            "optimizer_state_bytes", "diverged_epoch")
+_EPOCH_NUMBERS = ("epoch", "train_loss", "train_acc", "test_acc", "val_acc", "seconds",
+                  "pulses")
+_TABLES = ("config", "memory", "device_model", "dataset", "plateau_fit")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def record_problem(rec, need_key: bool = False) -> str:
+    """What makes ``rec`` not a run result ("" when it is one): the fields the reports read,
+    with the types ``result_record`` writes them (numbers or null, tables, a list of epoch
+    tables). A hand-edited or foreign record is refused here, with the field named, rather
+    than crashing a report or being averaged in."""
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    if need_key and not isinstance(rec.get("key"), str):
+        return "no 'key'"
+    if not isinstance(rec.get("status"), str):
+        return "no 'status'"
+    if not isinstance(rec.get("config"), dict):
+        return "no 'config' table"
+    for k in _TABLES:
+        if rec.get(k) is not None and not isinstance(rec[k], dict):
+            return f"{k!r} is not a table"
+    for k in _NUMBERS:
+        if rec.get(k) is not None and not _is_number(rec[k]):
+            return f"{k!r}: got {rec[k]!r}, expected a number or null"
+    epochs = rec.get("epochs", [])
+    if not isinstance(epochs, list):
+        return "'epochs' is not a list"
+    for i, e in enumerate(epochs, 1):
+        if not isinstance(e, dict):
+            return f"epochs[{i}] is not a table"
+        for k in _EPOCH_NUMBERS:
+            if e.get(k) is not None and not _is_number(e[k]):
+                return f"epochs[{i}].{k}: got {e[k]!r}, expected a number or null"
+    return ""
 
 
 def latest_by_key(records: list[dict]) -> dict[str, dict]:

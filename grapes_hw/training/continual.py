@@ -269,7 +269,21 @@ def _previous_runs(out: Path, settings: dict) -> tuple[list[dict], float]:
                                        "older, unfinished study); move it or choose another "
                                        "folder")
         return [], 0.0
+    try:
+        return _read_previous(out, sfile, jfile, settings)
+    except ConfigError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        # hand-edited, or written by something else: refuse the folder, never rewrite it
+        raise ConfigError("--out", f"{out} holds a damaged continual study ({type(e).__name__}: "
+                                   f"{e}); move it or choose another folder") from None
+
+
+def _read_previous(out: Path, sfile: Path, jfile: Path, settings: dict
+                   ) -> tuple[list[dict], float]:
     old = json.loads(sfile.read_text())
+    if not isinstance(old, dict) or not isinstance(old.get("runs", []), list):
+        raise ValueError("summary.json is not a continual study's summary")
     mine = {k: v for k, v in settings.items() if k not in _PER_RUN}
     theirs = {k: v for k, v in old.get("settings", {}).items() if k not in _PER_RUN}
     for d in (mine, theirs):  # where the data was read from is not a setting
@@ -287,7 +301,11 @@ def _previous_runs(out: Path, settings: dict) -> tuple[list[dict], float]:
     done = {_label(r): dict(r) for r in old.get("runs", [])}
     curves: dict[tuple, list[dict]] = {k: [] for k in done}
     keep = []
-    for line in jfile.read_text().splitlines() if jfile.exists() else []:
+    text = jfile.read_text() if jfile.exists() else ""
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):
+        lines.pop()  # torn by a kill mid-write: a line of the run that did not finish
+    for line in lines:
         rec = json.loads(line)
         if _label(rec) in done:
             keep.append(line)
