@@ -162,6 +162,17 @@ def study(tmp_path, text: str, name: str = "s.toml"):
     ('[base]\ndataset = "digits"\noptimizer = "adam"\n[base.extra.optimizer]\neps = -1.0\n',
      "base.extra", "eps"),
     ('', "study", "empty"),
+    # a split that leaves nothing to train on: caught by --dry-run, not by the workers
+    ('[base]\ndataset = "digits"\ntrain_subset = 1\nval_fraction = 0.5\n', "base.val_fraction",
+     "leaves no training samples"),
+    ('[base]\ndataset = "digits"\ntrain_subset = 99999\n', "base.train_subset", "1..1347"),
+    ('[base]\ndataset = "digits"\n[tune]\nlr = [0.1, 0.2]\ntrain_subset = 2\n'
+     'val_fraction = 0.8\n', "tune.val_fraction", "leaves no training samples"),
+    # the same field on two axes: the later would override the earlier in every run
+    ('[base]\ndataset = "digits"\n[axes]\nlr = [0.1, 0.2]\n[[variants]]\nlr = 0.5\n',
+     "variants", "which axes.lr also sets"),
+    ('[base]\ndataset = "digits"\n[axes]\nlr = [0.1, 0.2]\n[zip.g]\nlr = [0.3, 0.4]\n'
+     'seed = [0, 1]\n', "zip.g", "which axes.lr also sets"),
 ])
 def test_bad_study_values_are_refused_naming_the_key(capsys, tmp_path, body, key, says):
     refused(capsys, "sweep", study(tmp_path, body), "--dry-run", "--out",

@@ -165,6 +165,18 @@ def _to_float(images: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- public loader
+def validation_size(n: int, val_fraction: float) -> int:
+    """Samples of ``n`` held out by ``val_fraction`` (at least 1 when it is > 0); raises
+    ConfigError when no training sample would be left."""
+    if val_fraction <= 0:
+        return 0
+    n_val = max(1, round(val_fraction * n))
+    if n_val >= n:
+        raise ConfigError("val_fraction", f"got {val_fraction}; it leaves no training samples "
+                                          f"out of {n}; use a smaller value in [0, 1) or a "
+                                          "larger train_subset")
+    return n_val
+
 
 
 def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
@@ -205,11 +217,7 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
         idx = np.sort(rng.choice(n, size=int(train_subset), replace=False))
     val_idx = idx[:0]
     if val_fraction > 0:
-        n_val = max(1, round(val_fraction * idx.size))
-        if n_val >= idx.size:
-            raise ConfigError("val_fraction", f"got {val_fraction}; it leaves no training "
-                                                f"samples out of {idx.size}; use a smaller "
-                                                "value in [0, 1) or a larger train_subset")
+        n_val = validation_size(idx.size, val_fraction)
         perm = rng.permutation(idx.size)
         val_idx, idx = np.sort(idx[perm[:n_val]]), np.sort(idx[perm[n_val:]])
 

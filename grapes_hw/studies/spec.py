@@ -435,10 +435,16 @@ def study_from_dict(raw: dict, *, quick: bool = False, path: str = "<dict>",
                 raise ConfigError(f"{a.source}", f"sets {tune.field!r}, the field [tune] "
                                                  "chooses: remove it from the grid")
     field_source: dict[str, str] = dict(source)  # which study key set each field
+    axis_of: dict[str, str] = {}
     for a in ordered:
-        for p in a.points:
-            for name in p:
-                field_source[name] = a.source
+        for name in dict.fromkeys(n for p in a.points for n in p):
+            if name in axis_of:  # the later axis would override the earlier in every run
+                raise ConfigError(a.source, f"sets {name!r}, which {axis_of[name]} also "
+                                            "sets: one would override the other (runs merged "
+                                            "as duplicates); set it in one place, or drop "
+                                            "combinations with [[exclude]]")
+            axis_of[name] = a.source
+            field_source[name] = a.source
 
     resolved: list[dict] = []
     for combo in itertools.product(*[a.points for a in ordered]):
@@ -500,8 +506,15 @@ def study_from_dict(raw: dict, *, quick: bool = False, path: str = "<dict>",
     if tune is not None:
         from grapes_hw.studies.tune import check_effect
 
-        check_effect(tune, [s.config for s in specs], "quick.tune" if quick and q_tune
-                     else "tune")
+        tkey = "quick.tune" if quick and q_tune else "tune"
+        check_effect(tune, [s.config for s in specs], tkey)
+        for s in specs:  # the tuning runs' split (a subset, a validation fraction)
+            try:
+                s.config.replace(**tune.overrides()).data.check()
+            except ConfigError as e:
+                raise ConfigError(f"{tkey}.{e.field}" if e.field in tune.overrides()
+                                  else field_source.get(e.field, tkey),
+                                  f"{e.message} (in the tuning runs)") from None
 
     # Labels: the settings that differ between runs.
     dicts = [config_to_dict(s.config) for s in specs]

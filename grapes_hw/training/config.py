@@ -103,6 +103,11 @@ class DataConfig:
                                   f"has {n_max} samples, so allowed values are 1..{n_max}")
         require(0 <= self.val_fraction < 1, "val_fraction",
                 f"got {self.val_fraction}; must be in [0, 1)")
+        n = self.train_subset or n_max
+        if n is not None and self.data_dir is None:  # other files may hold other sizes
+            from grapes_hw.data.datasets import validation_size
+
+            validation_size(n, self.val_fraction)
 
 
 @dataclass
