@@ -247,6 +247,13 @@ def test_scheduler_that_is_not_an_address_is_refused(capsys, tmp_path):
             says="cannot connect")
 
 
+@pytest.mark.parametrize("dask", [["--dask-local", "2"], ["--scheduler", "tcp://h:8786"]])
+def test_workers_with_dask_is_refused_not_ignored(capsys, tmp_path, dask):
+    refused(capsys, "sweep", study(tmp_path, STUDY.format(name="a")), "--workers", "4", *dask,
+            "--out", str(tmp_path / "o"), option="--workers", says="Dask")
+    assert not (tmp_path / "o").exists()
+
+
 # ---- compare, continual, demo, report ------------------------------------------------------
 def test_compare_out_never_destroys_its_inputs(capsys, tmp_path):
     r = tmp_path / "r.json"

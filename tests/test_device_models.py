@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import re
 
 import pytest
 
@@ -108,6 +109,30 @@ def test_missing_required_table_exits_2_naming_file_and_table(capsys, tmp_path, 
     if kind == "analog" and importlib.util.find_spec("aihwkit") is None:
         return
     assert load_device_model(str(bad)).backend == kind
+
+
+@pytest.mark.parametrize("body, field, says", [
+    # an empty table is the defaults, which no one chose (as a missing table)
+    ("[fixed]\n", "fixed", "is empty"),
+    ("[analog]\n", "analog", "is empty"),
+    # w_max_factor sets the range only for w_max = "auto": with a number it was ignored
+    ("[fixed]\nbits = 8\nw_max = 0.5\nw_max_factor = 3.0\n", "fixed.w_max_factor",
+     "only with w_max"),
+    # a noise std far beyond any device overflowed the weights to inf (a traceback)
+    ("[fixed]\nbits = 8\n[noise]\nwrite_sigma = 1e300\n", "noise.write_sigma", "[0, 10]"),
+    ("[fixed]\nbits = 8\n[noise]\nread_sigma = 11.0\n", "noise.read_sigma", "[0, 10]"),
+])
+def test_tables_that_would_be_ignored_or_overflow_are_refused(tmp_path, body, field, says):
+    kind = "analog" if "[analog]" in body else "fixed"
+    f = tmp_path / "m.toml"
+    f.write_text(f'name = "m"\ndescription = "d"\nbackend = "{kind}"\n{body}')
+    with pytest.raises(ConfigError, match=re.escape(says)) as e:
+        load_device_model(str(f))
+    assert e.value.field == field
+    # the same range given once, and the largest std accepted, load
+    f.write_text('name = "m"\ndescription = "d"\nbackend = "fixed"\n[fixed]\nbits = 8\n'
+                 'w_max = 0.5\n[noise]\nwrite_sigma = 10.0\n')
+    assert load_device_model(str(f)).params.w_max == 0.5
 
 
 def test_float_table_may_be_left_out(tmp_path):

@@ -47,6 +47,11 @@ from grapes_hw.config import require
 StuckValue = Literal["zero", "max", "min", "random_end"]
 
 
+SIGMA_MAX = 10.0
+"""The largest noise std accepted (1000% of the scale): far beyond any device, and far from
+the float overflow of weights times a huge factor."""
+
+
 @dataclass
 class NoiseParams:
     """Noise model parameters (TOML table ``[noise]``); sigmas relative to the reference
@@ -71,8 +76,9 @@ class NoiseParams:
     def check(self) -> None:
         for name in ("read_sigma", "write_sigma", "program_sigma"):
             v = getattr(self, name)
-            require(math.isfinite(v) and v >= 0, name,
-                    f"got {v!r}; must be a finite number >= 0")
+            require(math.isfinite(v) and 0 <= v <= SIGMA_MAX, name,
+                    f"got {v!r}; must be in [0, {SIGMA_MAX:g}] (a std relative to the "
+                    "layer's scale: 0.1 is 10%)")
         require(math.isfinite(self.stuck_fraction) and 0 <= self.stuck_fraction <= 1,
                 "stuck_fraction", f"got {self.stuck_fraction!r}; must be in [0, 1]")
         require(self.stuck_value in ("zero", "max", "min", "random_end"), "stuck_value",

@@ -255,6 +255,10 @@ def device_model_from_dict(data: dict, source: str = "<dict>") -> DeviceModel:
                              f"{fields}); it is missing, and its defaults are not a device "
                              "anyone chose")
     params_table = data.pop(kind_name, {})
+    if kind.table_required and isinstance(params_table, dict) and not params_table:
+        fields = ", ".join(f.name for f in dataclasses.fields(params_cls) if f.init)
+        raise err(kind_name, f"the [{kind_name}] table is empty (keys: {fields}); its "
+                             "defaults are not a device anyone chose")
     noise_table = data.pop("noise", None)
     try:
         params = from_mapping(params_cls, params_table, kind_name)

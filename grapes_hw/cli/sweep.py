@@ -16,8 +16,9 @@ def add_cli(sub) -> None:
 
     p = sub.add_parser("sweep", help="run a study (a grid of runs), resumable, in parallel")
     p.add_argument("study", help="study TOML file, or the name of one in studies/")
-    p.add_argument("--workers", type=positive_int, default=2,
-                   help="local worker processes (default 2)")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="local worker processes (default 2); not with --scheduler or "
+                        "--dask-local, whose workers Dask runs")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="run on this Dask distributed scheduler (e.g. tcp://host:8786)")
@@ -35,10 +36,17 @@ def add_cli(sub) -> None:
 
 
 def cmd_sweep(args) -> int:
+    if args.workers is not None and (args.scheduler or args.dask_local):
+        from grapes_hw.errors import ConfigError
+
+        raise ConfigError("--workers", "sets local worker processes, but the runs go to Dask ("
+                                       f"{'--scheduler' if args.scheduler else '--dask-local'}"
+                                       "), which runs its own workers; leave --workers out")
     study = load_study(args.study, quick=args.quick)
     if args.dry_run:
         return dry_run(study, args.out)
-    summary = run_sweep(study, out=args.out, workers=args.workers, scheduler=args.scheduler,
+    workers = args.workers if args.workers is not None else 2
+    summary = run_sweep(study, out=args.out, workers=workers, scheduler=args.scheduler,
                         dask_local=args.dask_local, retry_errors=args.retry_errors,
                         quiet=args.quiet)
     st = ", ".join(f"{n} {k}" for k, n in sorted(summary.statuses.items()))
