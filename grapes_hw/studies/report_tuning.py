@@ -395,8 +395,8 @@ def _saturation_plot(an: Analysis, facts: Facts, path: Path) -> bool:
     style = Style(an)
     ctxs = list(dict.fromkeys(g.context for g in groups))
     n_layers = max(len(ls) for g in groups for r in g.finished() for ls in _layers(r))
-    fig, axes = plt.subplots(len(ctxs), n_layers, figsize=(2.9 * n_layers, 2.4 * len(ctxs)),
-                             sharex=True, sharey=True, squeeze=False)
+    fig, axes = plt.subplots(len(ctxs), n_layers, figsize=(2.9 * n_layers, 2.4 * len(ctxs) + 0.6),
+                             sharex=True, sharey=True, squeeze=False, layout="constrained")
     for i, ctx in enumerate(ctxs):
         for li in range(n_layers):
             ax = axes[i][li]
@@ -427,12 +427,13 @@ def _saturation_plot(an: Analysis, facts: Facts, path: Path) -> bool:
                 if lab not in labels:
                     handles.append(h)
                     labels.append(lab)
-    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.93), fontsize=8,
-               frameon=False)
+    fig.legend(handles, labels, loc="outside right upper", fontsize=8, frameon=False)
     ns = [len(g.finished()) for g in groups]
     n_txt = f"{min(ns)}" if min(ns) == max(ns) else f"{min(ns)}-{max(ns)}"
+    # (constrained layout places title and legend: a fixed y left a blank band, or an
+    # overlap, depending on the number of rows)
     fig.suptitle(f"Devices within 10% of their bound, mean over n = {n_txt} seed"
-                 f"{'s' if max(ns) > 1 else ''}\n{facts.line()}", fontsize=10, y=1.13)
+                 f"{'s' if max(ns) > 1 else ''}\n{facts.line()}", fontsize=10)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return True
