@@ -15,7 +15,6 @@ benchmarks/results/before_after.json (or ``--name``).
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 import shutil
@@ -25,23 +24,23 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import (  # noqa: E402
+    SIZES,
     batches,
+    fashion_mnist,
     interleaved_chunks,
+    parse_args,
     plain_torch_step,
     summarize,
     write_result,
 )
 
 import grapes_hw  # noqa: E402
-from grapes_hw.data.datasets import load_dataset  # noqa: E402
 
-SIZES = [784, 256, 256, 256, 10]
 BS, LR = 64, 0.05
 
 
@@ -92,20 +91,9 @@ def learner_step(lrn):
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--before", default="cbe252a", help="commit of the package before")
-    ap.add_argument("--repeats", type=int, default=10, help="epochs per candidate")
-    ap.add_argument("--chunks", type=int, default=10, help="interleaved chunks per epoch")
-    ap.add_argument("--subset", type=int, default=12000, help="samples per epoch")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads (default: torch's own, one per core)")
-    ap.add_argument("--name", default="before_after", help="result file name")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    data = load_dataset("fashion-mnist", train_subset=args.subset)
-    x = torch.from_numpy(np.ascontiguousarray(data.x_train, dtype=np.float32))
-    y = torch.from_numpy(data.y_train.astype(np.int64))
+    args = parse_args(__doc__, "before_after", subset=12000, extra=lambda ap: (
+        ap.add_argument("--before", default="cbe252a", help="commit of the package before")))
+    x, y = fashion_mnist(args.subset)
     with tempfile.TemporaryDirectory() as tmp:
         before = import_before(args.before, Path(tmp))
         steps = {"plain_torch": plain_torch_step(SIZES, LR)}

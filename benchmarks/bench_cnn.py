@@ -16,8 +16,6 @@ Writes benchmarks/results/cnn_epoch.json.
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -26,10 +24,16 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved, summarize, write_result  # noqa: E402
+from common import (  # noqa: E402
+    fashion_mnist,
+    interleaved,
+    load_average,
+    parse_args,
+    summarize,
+    write_result,
+)
 
 from grapes_hw.backends.registry import load_device_model
-from grapes_hw.data.datasets import load_dataset
 from grapes_hw.functional.grapes import GrapesParameters
 from grapes_hw.rules.cnn import CNNLearner
 from grapes_hw.rules.optim import SGD
@@ -79,27 +83,11 @@ def epoch_ours(x, y, perm, bs, lr, backend="float32", grapes="off", patches=Fals
     return run
 
 
-def load_average() -> list[float]:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:  # pragma: no cover - not on Linux
-        return []
-
-
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--subset", type=int, default=3200, help="training samples per epoch")
-    ap.add_argument("--no-patches", action="store_true",
-                    help="leave out the (slow) patch-path candidate")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads (default: torch's own default)")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    data = load_dataset("fashion-mnist", train_subset=args.subset)
-    x = torch.from_numpy(np.ascontiguousarray(data.x_train, dtype=np.float32))
-    y = torch.from_numpy(data.y_train.astype(np.int64))
+    args = parse_args(__doc__, None, repeats=5, chunks=None, subset=3200, extra=lambda ap: (
+        ap.add_argument("--no-patches", action="store_true",
+                        help="leave out the (slow) patch-path candidate")))
+    x, y = fashion_mnist(args.subset)
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))
     bs, lr = 64, 0.05
     cands = {

@@ -15,28 +15,26 @@ busy machine). Writes benchmarks/results/fixed_point.json (or ``--name``).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved_chunks, summarize, write_result  # noqa: E402
+from common import (  # noqa: E402
+    SIZES,
+    batches,
+    fashion_mnist,
+    interleaved_chunks,
+    mlp_learner,
+    parse_args,
+    summarize,
+    write_result,
+)
 
-from grapes_hw.backends.fixed_point import FixedParams
-from grapes_hw.backends.registry import DeviceModel, load_device_model
-from grapes_hw.data.datasets import load_dataset
-from grapes_hw.functional.grapes import GrapesParameters
-from grapes_hw.rules.credit import BP
-from grapes_hw.rules.learner import Learner
-from grapes_hw.rules.optim import SGD
-from grapes_hw.training.config import TrainConfig
-from grapes_hw.training.driver import build_network
-
-SIZES = [784, 256, 256, 256, 10]
+from grapes_hw.backends.fixed_point import FixedParams  # noqa: E402
+from grapes_hw.backends.registry import DeviceModel, load_device_model  # noqa: E402
 
 
 def fixed_model(bits: int, rounding: str) -> DeviceModel:
@@ -44,29 +42,15 @@ def fixed_model(bits: int, rounding: str) -> DeviceModel:
                        params=FixedParams(bits=bits, rounding=rounding))  # type: ignore[arg-type]
 
 
-def learner_for(model: DeviceModel, x, y, bs, lr) -> Learner:
-    cfg = TrainConfig.from_flat(dataset="fashion-mnist", layers=tuple(SIZES[1:-1]), seed=0)
-    net = build_network(cfg, model, SIZES[0], SIZES[-1])
-    learner = Learner(net, BP(net), GrapesParameters(mode="off"), SGD())
+def epoch_ours(model: DeviceModel, x, y, bs, lr):
+    learner = mlp_learner(model)
     learner.step(x[:bs], y[:bs], lr)  # compile / load the kernels before timing
-    return learner
+    return batches(x, y, bs, lambda xb, yb: learner.step(xb, yb, lr))
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=10, help="epochs per candidate")
-    ap.add_argument("--chunks", type=int, default=20,
-                    help="each epoch is timed in this many interleaved chunks")
-    ap.add_argument("--subset", type=int, default=None, help="samples per epoch (default all)")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads (default: torch's own, one per core)")
-    ap.add_argument("--name", default="fixed_point", help="result file name")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    data = load_dataset("fashion-mnist", train_subset=args.subset)
-    x = torch.from_numpy(np.ascontiguousarray(data.x_train, dtype=np.float32))
-    y = torch.from_numpy(data.y_train.astype(np.int64))
+    args = parse_args(__doc__, "fixed_point", chunks=20)
+    x, y = fashion_mnist(args.subset)
     bs, lr = 64, 0.05
     models = {
         "float32": load_device_model("float32"),
@@ -74,20 +58,7 @@ def main() -> int:
         "fixed8_nearest": fixed_model(8, "nearest"),
         "fixed16_stochastic": fixed_model(16, "stochastic"),
     }
-    perms: dict[int, torch.Tensor] = {}
-
-    def candidate(lrn: Learner):
-        def run(rep: int, b0: int, b1: int) -> None:
-            p = perms.get(rep)
-            if p is None:
-                p = perms[rep] = torch.randperm(x.shape[0],
-                                                generator=torch.Generator().manual_seed(rep))
-            for b in range(b0, b1):
-                idx = p[b * bs:(b + 1) * bs]
-                lrn.step(x[idx], y[idx], lr)
-        return run
-
-    cands = {k: candidate(learner_for(m, x, y, bs, lr)) for k, m in models.items()}
+    cands = {k: epoch_ours(m, x, y, bs, lr) for k, m in models.items()}
     load_before = os.getloadavg()
     epoch_s, chunk_ratio = interleaved_chunks(cands, -(-x.shape[0] // bs), args.repeats,
                                               args.chunks, "float32")

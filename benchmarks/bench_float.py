@@ -12,64 +12,38 @@ Writes benchmarks/results/float_epoch.json (or ``--name``).
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    SIZES,
     batches,
+    fashion_mnist,
     interleaved_chunks,
+    mlp_learner,
+    parse_args,
     plain_torch_step,
     summarize,
     write_result,
 )
 
-from grapes_hw.backends.registry import load_device_model
-from grapes_hw.data.datasets import load_dataset
-from grapes_hw.functional.grapes import GrapesParameters
-from grapes_hw.rules.credit import BP
-from grapes_hw.rules.learner import Learner
-from grapes_hw.rules.optim import SGD
-from grapes_hw.training.config import TrainConfig
-from grapes_hw.training.driver import build_network
-
-SIZES = [784, 256, 256, 256, 10]
-
-
-def epoch_plain_torch(x, y, bs, lr):
-    return batches(x, y, bs, plain_torch_step(SIZES, lr))
-
 
 def epoch_ours(x, y, bs, lr, grapes):
-    cfg = TrainConfig.from_flat(dataset="fashion-mnist", layers=tuple(SIZES[1:-1]), seed=0)
-    net = build_network(cfg, load_device_model("float32"), SIZES[0], SIZES[-1])
-    learner = Learner(net, BP(net), GrapesParameters(mode=grapes), SGD())
+    learner = mlp_learner("float32", grapes)
     return batches(x, y, bs, lambda xb, yb: learner.step(xb, yb, lr))
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=10, help="epochs per candidate")
-    ap.add_argument("--chunks", type=int, default=10, help="interleaved chunks per epoch")
-    ap.add_argument("--subset", type=int, default=None, help="samples per epoch (default all)")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads (default: torch's own, one per core)")
-    ap.add_argument("--name", default="float_epoch", help="result file name")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    data = load_dataset("fashion-mnist", train_subset=args.subset)
-    x = torch.from_numpy(np.ascontiguousarray(data.x_train, dtype=np.float32))
-    y = torch.from_numpy(data.y_train.astype(np.int64))
+    args = parse_args(__doc__, "float_epoch")
+    x, y = fashion_mnist(args.subset)
     bs, lr = 64, 0.05
     cands = {
-        "plain_torch": epoch_plain_torch(x, y, bs, lr),
+        "plain_torch": batches(x, y, bs, plain_torch_step(SIZES, lr)),
         "ours_sgd": epoch_ours(x, y, bs, lr, "off"),
         "ours_grapes": epoch_ours(x, y, bs, lr, "propagating"),
         "ours_grapes_local": epoch_ours(x, y, bs, lr, "local"),

@@ -17,45 +17,32 @@ PyTorch; GRAPES <= 1.10x our SGD. Writes benchmarks/results/step_kernels.json (o
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    SIZES,
     batches,
+    fashion_mnist,
     interleaved_chunks,
+    mlp_learner,
+    parse_args,
     plain_torch_step,
     summarize,
     write_result,
 )
 
-from grapes_hw.backends.registry import load_device_model  # noqa: E402
-from grapes_hw.data.datasets import load_dataset  # noqa: E402
-from grapes_hw.functional.grapes import GrapesParameters  # noqa: E402
 from grapes_hw.kernels import step as _step_kernels  # noqa: E402
-from grapes_hw.rules.credit import BP  # noqa: E402
-from grapes_hw.rules.learner import Learner  # noqa: E402
-from grapes_hw.rules.optim import SGD  # noqa: E402
-from grapes_hw.training.config import TrainConfig  # noqa: E402
-from grapes_hw.training.driver import build_network  # noqa: E402
-
-SIZES = [784, 256, 256, 256, 10]
-
-
-def epoch_plain_torch(x, y, bs, lr):
-    return batches(x, y, bs, plain_torch_step(SIZES, lr))
 
 
 def epoch_ours(x, y, bs, lr, grapes, kernels: bool):
-    cfg = TrainConfig.from_flat(dataset="fashion-mnist", layers=tuple(SIZES[1:-1]), seed=0)
-    net = build_network(cfg, load_device_model("float32"), SIZES[0], SIZES[-1])
-    learner = Learner(net, BP(net), GrapesParameters(mode=grapes), SGD())
+    learner = mlp_learner("float32", grapes)
+
     def switch() -> None:  # the bundle on or off for this candidate's chunks
         _step_kernels.ENABLED = kernels
 
@@ -68,22 +55,11 @@ def _paired(ratios, num, den):
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=10, help="epochs per candidate")
-    ap.add_argument("--chunks", type=int, default=10, help="interleaved chunks per epoch")
-    ap.add_argument("--subset", type=int, default=None, help="samples per epoch (default all)")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads (default: torch's own, one per core)")
-    ap.add_argument("--name", default="step_kernels", help="result file name")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    data = load_dataset("fashion-mnist", train_subset=args.subset)
-    x = torch.from_numpy(np.ascontiguousarray(data.x_train, dtype=np.float32))
-    y = torch.from_numpy(data.y_train.astype(np.int64))
+    args = parse_args(__doc__, "step_kernels")
+    x, y = fashion_mnist(args.subset)
     bs, lr = 64, 0.05
     cands = {
-        "plain_torch": epoch_plain_torch(x, y, bs, lr),
+        "plain_torch": batches(x, y, bs, plain_torch_step(SIZES, lr)),
         "sgd_off": epoch_ours(x, y, bs, lr, "off", False),
         "sgd_on": epoch_ours(x, y, bs, lr, "off", True),
         "grapes_off": epoch_ours(x, y, bs, lr, "propagating", False),

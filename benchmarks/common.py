@@ -7,6 +7,7 @@ go to ``benchmarks/results/<name>.json``.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -17,6 +18,67 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+SIZES = [784, 256, 256, 256, 10]
+"""The MLP of the epoch benchmarks: Fashion-MNIST, 3 x 256 ReLU, no bias."""
+
+
+def parse_args(doc: str, name: str | None, *, repeats: int = 10, chunks: int | None = 10,
+               subset: int | None = None, extra=None) -> argparse.Namespace:
+    """The options of an epoch benchmark (``--repeats``, ``--chunks`` unless ``chunks`` is
+    None, ``--subset``, ``--threads``, ``--name`` unless ``name`` is None; ``extra(parser)``
+    adds the benchmark's own); sets torch's thread count when ``--threads`` is given."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=repeats, help="epochs per candidate")
+    if chunks is not None:
+        ap.add_argument("--chunks", type=int, default=chunks,
+                        help="each epoch is timed in this many interleaved chunks")
+    ap.add_argument("--subset", type=int, default=subset,
+                    help=f"training samples per epoch (default {subset or 'all'})")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's own, one per core)")
+    if name is not None:
+        ap.add_argument("--name", default=name, help="result file name")
+    if extra is not None:
+        extra(ap)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
+
+
+def fashion_mnist(subset: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST training images (float32, flat) and labels, all or a seeded subset."""
+    import numpy as np
+
+    from grapes_hw.data.datasets import load_dataset
+
+    data = load_dataset("fashion-mnist", train_subset=subset)
+    return (torch.from_numpy(np.ascontiguousarray(data.x_train, dtype=np.float32)),
+            torch.from_numpy(data.y_train.astype(np.int64)))
+
+
+def mlp_learner(model, grapes: str = "off"):
+    """Our learner for the ``SIZES`` MLP on device model ``model`` (a name or DeviceModel):
+    BP, GRAPES mode ``grapes``, plain SGD."""
+    from grapes_hw.backends.registry import resolve_device_model
+    from grapes_hw.functional.grapes import GrapesParameters
+    from grapes_hw.rules.credit import BP
+    from grapes_hw.rules.learner import Learner
+    from grapes_hw.rules.optim import SGD
+    from grapes_hw.training.config import TrainConfig
+    from grapes_hw.training.driver import build_network
+
+    cfg = TrainConfig.from_flat(dataset="fashion-mnist", layers=tuple(SIZES[1:-1]), seed=0)
+    net = build_network(cfg, resolve_device_model(model), SIZES[0], SIZES[-1])
+    return Learner(net, BP(net), GrapesParameters(mode=grapes), SGD())
+
+
+def load_average() -> list[float]:
+    """The 1/5/15-minute load averages (empty where the OS has none)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # pragma: no cover - not on Linux
+        return []
 
 
 def batches(x, y, bs: int, step, before=None):
