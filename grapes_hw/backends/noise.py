@@ -208,20 +208,19 @@ class NoisyBackend:
         return torch.linalg.vector_norm(self.read(), ord=1, dim=dim)
 
     # -- compute -----------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.inner.forward(x)
+    def _read_noisy(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``y`` (the inner MVM of ``x``) plus the MVM of ``x`` with a fresh read noise draw."""
         if self.noise.read_sigma > 0:
             n = self._noise(self.noise.read_sigma, self._g_read, x.dtype)
             y = y.addmm_(x, n.T) if y.dtype == x.dtype else y + x @ n.T
         return y
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._read_noisy(self.inner.forward(x), x)
+
     def forward_inference(self, x: torch.Tensor) -> torch.Tensor:
         """The inner backend's test-time MVM, with the same read noise as ``forward``."""
-        y = self.inner.forward_inference(x)
-        if self.noise.read_sigma > 0:
-            n = self._noise(self.noise.read_sigma, self._g_read, x.dtype)
-            y = y.addmm_(x, n.T) if y.dtype == x.dtype else y + x @ n.T
-        return y
+        return self._read_noisy(self.inner.forward_inference(x), x)
 
     def backward(self, delta: torch.Tensor) -> torch.Tensor:
         out = self.inner.backward(delta)
