@@ -29,6 +29,23 @@ def call(capsys, *args):
     return rc, capsys.readouterr().err
 
 
+def assert_follows_torch(learner, model, ref, batches, lr, w0) -> None:
+    """``learner`` and the torch ``model`` with optimizer ``ref`` take the same steps on
+    ``batches``: afterwards every layer's weights match (float64 tolerances), and the first
+    layer moved away from ``w0`` (so the comparison is not vacuous)."""
+    for x, y in batches:
+        learner.step(x, y, lr)
+        ref.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        ref.step()
+    net = learner.net
+    lins = [m for m in model if isinstance(m, torch.nn.Linear)]
+    for layer, lin in zip(net.layers, lins, strict=True):
+        torch.testing.assert_close(layer.backend.read(), lin.weight.detach(), rtol=1e-9,
+                                   atol=1e-11)
+    assert not torch.allclose(net.layers[0].backend.read(), w0)
+
+
 def make_net(weights: list[torch.Tensor], activation: str = "relu", bias: bool = False,
              dtype: str = "float64") -> Network:
     layers = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_net
+from conftest import assert_follows_torch, make_net
 
 from grapes_hw.functional.grapes import GrapesParameters, modulation_factor
 from grapes_hw.functional.loss import softmax_error
@@ -152,15 +152,7 @@ def test_adaptive_trajectories_equal_torch_optim(small_weights, kind):
         opt = make("rmsprop", **kw)  # make_optimizer's own ``momentum`` is for momentum/nag
         ref = torch.optim.RMSprop(model.parameters(), lr=lr, alpha=0.9, eps=1e-8, **kw)
     learner = Learner(net, BP(net), GrapesParameters(), opt)
-    for x, y in batches:
-        learner.step(x, y, lr)
-        ref.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        ref.step()
-    lins = [m for m in model if isinstance(m, torch.nn.Linear)]
-    for layer, lin in zip(net.layers, lins, strict=True):
-        torch.testing.assert_close(layer.backend.read(), lin.weight.detach(), rtol=1e-9, atol=1e-11)
-    assert not torch.allclose(net.layers[0].backend.read(), small_weights[0])
+    assert_follows_torch(learner, model, ref, batches, lr, small_weights[0])
 
 
 def test_rmsprop_eps_outside_sqrt():
