@@ -444,6 +444,25 @@ def test_plot_labels_stay_short_for_a_study_of_architectures():
     assert "4 MLP networks" in many and "784-512" not in many
 
 
+def test_a_cnn_is_described_by_its_recorded_conv_stack():
+    """The input width of a CNN's dense head does not come from the weight count (it was
+    reported as "CNN ?-256-10"): the record's conv stack is shown instead."""
+    from grapes_hw.studies.analysis import network_of
+
+    cnn = {"conv": "16:5,32:5", "dense_in": 1568, "input_shape": [1, 28, 28],
+           "padding": "same", "pool_size": 2, "pools": ["max", "max"], "stride": 1}
+    run = {"config": {"model": "cnn", "layers": [256], "cnn": cnn},
+           "dataset": {"n_classes": 10}, "memory": {"n_weights": 12345}}
+    assert network_of(run) == ("CNN 1x28x28, conv 16:5,32:5 (each + 2x2 max pool), "
+                               "dense 1568-256-10")
+    cnn.update(pools=["max", None], padding="valid")
+    assert network_of(run) == ("CNN 1x28x28, conv 16:5 + 2x2 max pool, 32:5, padding valid, "
+                               "dense 1568-256-10")
+    mlp = {"config": {"layers": [256]}, "dataset": {"n_classes": 10},
+           "memory": {"n_weights": 784 * 256 + 256 * 10}}
+    assert network_of(mlp) == "MLP 784-256-10"
+
+
 def _grapes_run(backend, grapes, lr, seed, acc, **config):
     r = make_run(backend, "sgd", grapes, lr, seed)
     r["key"] = f"{backend}-{grapes}-{lr}-{seed}-{sorted(config.items())}"

@@ -482,6 +482,22 @@ def network_of(run: dict) -> str:
     cfg = run.get("config") or {}
     hidden = [int(x) for x in cfg.get("layers") or []]
     n_out = n_classes(run)
+    cnn = cfg.get("cnn")
+    if isinstance(cnn, dict) and cnn.get("conv"):  # the conv stack is recorded as it ran
+        shape = "x".join(str(v) for v in cnn.get("input_shape") or []) or "?"
+        convs = str(cnn["conv"]).split(",")
+        pools = list(cnn.get("pools") or [])
+        k = cnn.get("pool_size", "?")
+        if len(set(pools)) == 1 and len(pools) == len(convs) and pools[0]:
+            stack = f"conv {','.join(convs)} (each + {k}x{k} {pools[0]} pool)"
+        else:
+            stack = "conv " + ", ".join(
+                c + (f" + {k}x{k} {pools[i]} pool" if i < len(pools) and pools[i] else "")
+                for i, c in enumerate(convs))
+        if cnn.get("padding") not in (None, "same"):
+            stack += f", padding {cnn['padding']}"
+        dense = "-".join(str(v) for v in [cnn.get("dense_in", "?"), *hidden, n_out or "?"])
+        return f"CNN {shape}, {stack}, dense {dense}" + (" +bias" if cfg.get("bias") else "")
     n_w = (run.get("memory") or {}).get("n_weights")
     n_in = None
     if hidden and n_out and isinstance(n_w, int):
@@ -546,14 +562,26 @@ class Facts:
         lo, hi = self.n_per_cell
         return f"{lo}" if lo == hi else f"{lo}-{hi}"
 
-    def line(self) -> str:
-        """One line for plot titles: dataset, network, epochs, seeds."""
+    def _parts(self) -> tuple[str, str]:
         ds = " / ".join(d.split(" (")[0] for d in self.datasets)
         nets = " / ".join(self.networks)
         if len(self.networks) > 3:  # a study of architectures: they are on the axis
             kinds = dict.fromkeys(n.split(" ")[0] for n in self.networks)
             nets = f"{len(self.networks)} {'/'.join(kinds)} networks"
+        return ds, nets
+
+    def line(self) -> str:
+        """One line for plot titles: dataset, network, epochs, seeds."""
+        ds, nets = self._parts()
         return f"{ds}, {nets}, {self.epochs_text()}, {self.seeds_text()}"
+
+    def title_lines(self, width: int = 95) -> str:
+        """``line()``, or where longer than ``width`` characters the networks on a line of
+        their own (a CNN's conv stack is long)."""
+        if len(self.line()) <= width:
+            return self.line()
+        ds, nets = self._parts()
+        return f"{ds}, {self.epochs_text()}, {self.seeds_text()}\n{nets}"
 
 
 def facts(an: Analysis) -> Facts:

@@ -75,7 +75,8 @@ class Style:
 
 
 def _title(fig, what: str, facts: Facts, n_note: str = "") -> None:
-    fig.suptitle(f"{what}{n_note}\n{facts.line()}", fontsize=10)
+    # (a long facts line, e.g. a CNN's conv stack, breaks rather than running off the figure)
+    fig.suptitle(f"{what}{n_note}\n{facts.title_lines()}", fontsize=10)
 
 
 def _n_note(ns: list[int]) -> str:
@@ -94,7 +95,7 @@ def _save(fig, path: Path, legend_axes=None) -> None:
     plt = _plt()
     if legend_axes is not None:
         handles, labels = legend_axes
-        if handles:
+        if handles and labels != ["all runs"]:  # one kind of run: nothing to tell apart
             fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.93),
                        fontsize=8, frameon=False)
     fig.savefig(path, dpi=110, bbox_inches="tight")
