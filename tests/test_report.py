@@ -550,3 +550,23 @@ def test_summary_covers_every_optimizer_with_grapes(tmp_path):
                for ln in lines), lines
     assert any(ln.startswith("- momentum + GRAPES is significantly worse than momentum in 1 "
                              "setting") for ln in lines), lines
+
+
+def test_shared_settings_that_act_on_no_run_are_listed_apart(tmp_path):
+    """momentum = 0.9 of SGD-only runs (and the SNU time steps of an MLP) is recorded, not
+    used: the report must not list it with the settings of the method."""
+    runs = [_grapes_run("float32", g, 0.1, s, 0.85 + 0.003 * s, time_steps=20)
+            for g in ("off", "propagating") for s in range(2)]
+    write_runs(tmp_path, runs)
+    md = write_report(tmp_path).read_text()
+    shared = md.split("## Settings shared by all runs", 1)[1].split("\n\n")
+    used, unused = shared[1], shared[2]
+    assert "`optimizer=sgd`" in used and "momentum" not in used and "time_steps" not in used
+    assert unused.startswith("Recorded but acting on none of these runs")
+    assert "`momentum=0.9`" in unused and "`time_steps=20`" in unused
+    # with a momentum run among them, momentum acts on some run: no longer listed apart
+    runs += [_grapes_run("float32", "off", 0.01, s, 0.85, optimizer="momentum", time_steps=20)
+             for s in range(2)]
+    write_runs(tmp_path, runs)
+    md = write_report(tmp_path).read_text()
+    assert "`momentum=0.9`" not in md.split("Recorded but acting on none", 1)[-1].split("\n")[0]

@@ -160,31 +160,18 @@ def config_from_args(args: argparse.Namespace):
     )
 
 
-def check_options_act(args: argparse.Namespace) -> None:
+def check_options_act(cfg) -> None:
     """An option typed on the command line must change the run: ``--grapes-bits`` with
     GRAPES off, ``--momentum`` with SGD, ... would only be recorded. (A study may set them
     in ``[base]`` for a grid whose other runs use them, so this is the CLI's check.)"""
-    grapes_on = args.grapes != "off"
-    rules = [
-        ("--grapes-bits", args.grapes_bits is not None, grapes_on, "--grapes local/propagating"),
-        ("--grapes-ideal-read", args.grapes_ideal_read, grapes_on,
-         "--grapes local/propagating"),
-        ("--grapes-lower", args.grapes_lower != 1.0, grapes_on or args.lr_matched,
-         "--grapes local/propagating or --lr-matched"),
-        ("--momentum", args.momentum != 0.9, args.optimizer in ("momentum", "nag"),
-         "--optimizer momentum or nag"),
-        ("--velocity-rounding", args.velocity_rounding != "nearest",
-         args.velocity_bits is not None, "--velocity-bits"),
-        ("--time-steps", args.time_steps != 20, args.model in ("snu", "ssnu"),
-         "--model snu or ssnu"),
-        ("--test-time-steps", args.test_time_steps != 20, args.model in ("snu", "ssnu"),
-         "--model snu or ssnu"),
-        ("--data-dir", args.data_dir is not None, args.dataset != "digits",
-         "--dataset fashion-mnist or mnist (digits comes with scikit-learn)"),
-    ]
-    for option, given, acts, where in rules:
-        if given and not acts:
-            raise ConfigError(option, f"has no effect here; it applies with {where}")
+    from grapes_hw.training.config import TrainConfig, inactive_fields
+
+    flat, default = cfg.flat(), TrainConfig().flat()
+    for name, where in inactive_fields(flat).items():
+        if flat[name] != default[name]:  # given on the command line (its default otherwise)
+            where = re.sub(r"`(\w+)`", lambda m: "--" + m.group(1).replace("_", "-"), where)
+            raise ConfigError("--" + name.replace("_", "-"),
+                              f"has no effect here; it applies with {where}")
 
 
 def check_result_out(path: str, cfg, option: str = "--out") -> None:
@@ -233,7 +220,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     cfg.check()
-    check_options_act(args)
+    check_options_act(cfg)
     load_device_model(cfg.device.backend)  # fail fast on a bad --backend
     if args.out:
         check_result_out(args.out, cfg)

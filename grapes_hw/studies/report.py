@@ -559,8 +559,19 @@ def _markdown(an: Analysis, fx, comps: list[Comparison], pngs, files, notes=(),
               "`cells changed` (fixed point), `estimated programming steps` (aihwkit analog "
               "tiles, |dW| / dw_min per write).", ""]
     if an.fixed:
+        from grapes_hw.training.config import inactive_fields
+
+        # a setting that acts on none of the runs (momentum of SGD runs, time_steps of an
+        # MLP) is recorded, not used: listed apart, so no one reads it as part of the method
+        unused = [k for k in an.fixed
+                  if an.runs and all(k in inactive_fields(r.get("config") or {})
+                                     for r in an.runs)]
         lines += ["## Settings shared by all runs", "",
-                  ", ".join(f"`{k}={v}`" for k, v in an.fixed.items()), ""]
+                  ", ".join(f"`{k}={v}`" for k, v in an.fixed.items() if k not in unused), ""]
+        if unused:
+            lines += ["Recorded but acting on none of these runs (settings of other models "
+                      "or rules): " + ", ".join(f"`{k}={an.fixed[k]}`"
+                                                          for k in unused) + ".", ""]
     lines += [f"> warning: {w}" for w in an.warnings] + ([""] if an.warnings else [])
     lines += _results(an) + _best_per_setting(an) + _grapes(an, comps) + list(sections)
     lines += _flagged(an)

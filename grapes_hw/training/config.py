@@ -321,6 +321,29 @@ EXTRA_SECTIONS = {"snu": "spiking-unit settings (SNUParams) of model snu or ssnu
 """The tables ``TrainConfig.extra`` may hold, and what each is for."""
 
 
+def inactive_fields(flat: dict[str, Any]) -> dict[str, str]:
+    """The fields of a run's flat configuration (``TrainConfig.flat()`` or a result's
+    ``config``) that change nothing in that run, each with the settings it acts under:
+    ``momentum`` for SGD, ``time_steps`` for an MLP, ... (They are valid, and recorded: a
+    study's ``[base]`` sets them for a grid whose other runs use them.)"""
+    grapes_on = flat.get("grapes", "off") != "off"
+    spiking = flat.get("model") in ("snu", "ssnu")
+    acts = {  # field -> (acts in this run, where it acts: fields in backquotes)
+        "grapes_bits": (grapes_on, "`grapes` local/propagating"),
+        "grapes_ideal_read": (grapes_on, "`grapes` local/propagating"),
+        "grapes_lower": (grapes_on or bool(flat.get("lr_matched")),
+                         "`grapes` local/propagating or `lr_matched`"),
+        "momentum": (flat.get("optimizer") in ("momentum", "nag"),
+                     "`optimizer` momentum or nag"),
+        "velocity_rounding": (flat.get("velocity_bits") is not None, "`velocity_bits`"),
+        "time_steps": (spiking, "`model` snu or ssnu"),
+        "test_time_steps": (spiking, "`model` snu or ssnu"),
+        "data_dir": (flat.get("dataset") != "digits",
+                     "`dataset` fashion-mnist or mnist (digits comes with scikit-learn)"),
+    }
+    return {k: where for k, (on, where) in acts.items() if k in flat and not on}
+
+
 def check_extra(cfg: TrainConfig) -> None:
     """``extra`` holds only tables a run reads: an unknown section, ``snu`` on a model that
     is not spiking, or optimizer options the optimizer does not take fail here, naming the
