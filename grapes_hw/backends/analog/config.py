@@ -155,7 +155,8 @@ def _set_path(obj: Any, path: str, value: Any, key: str) -> None:
                 else:
                     cls = _lookup(value, key)
                     value = cls if isinstance(current, type) else cls()
-            elif current is not None and not isinstance(current, (str, list, tuple, dict)):
+            elif current is not None and not isinstance(
+                    current, (bool, int, float, str, list, tuple, dict, enum.Enum, type)):
                 # an object field given a number, a list, a table: aihwkit would fail later,
                 # deep inside the tile's construction
                 raise ConfigError(key, f"got {value!r}; {part!r} holds a "
