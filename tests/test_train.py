@@ -28,9 +28,9 @@ def test_digits_3x256_reaches_95_percent(optimizer, grapes, lr):
 
 
 def test_divergence_stops_cleanly_and_is_marked():
-    # lr 1e12 overflows float32 within the first epoch (lr 1e4 merely kills every ReLU
-    # and leaves a finite loss of ln 10, which is not divergence).
-    r = run(TrainConfig.from_flat(dataset="digits", layers=(64, 64), optimizer="momentum", lr=1e12,
+    # lr 1e6 (the largest accepted) overflows float32 within the first epoch (lr 1e4 merely
+    # kills every ReLU and leaves a finite loss of ln 10, which is not divergence).
+    r = run(TrainConfig.from_flat(dataset="digits", layers=(64, 64), optimizer="momentum", lr=1e6,
                         momentum=0.99, epochs=20, seed=0))
     assert r["status"] == "diverged"
     assert 1 <= r["diverged_epoch"] < 20
