@@ -65,6 +65,9 @@ def test_a_width_left_out_of_layers_is_refused(capsys, layers):
     (["--velocity-rounding", "stochastic", "--optimizer", "momentum"], "--velocity-rounding"),
     (["--time-steps", "5"], "--time-steps"),
     (["--test-time-steps", "5"], "--test-time-steps"),
+    # spiking units have their own nonlinearity and bias: these trained the same network
+    (["--model", "snu", "--activation", "tanh"], "--activation"),
+    (["--model", "ssnu", "--bias"], "--bias"),
 ])
 def test_train_options_that_would_change_nothing_are_refused(capsys, args, option):
     refused(capsys, "train", *TINY, *args, option=option, says="has no effect here")
@@ -284,7 +287,9 @@ def test_demo_out_must_be_a_folder(capsys, tmp_path):
     refused(capsys, "demo", "--out", str(afile / "x"), option="--out", says="is a file")
 
 
-def test_an_interrupted_demo_keeps_the_previous_results(capsys, tmp_path, monkeypatch):
+@pytest.mark.parametrize("inside_a_run", [False, True])
+def test_an_interrupted_demo_keeps_the_previous_results(capsys, tmp_path, monkeypatch,
+                                                        inside_a_run):
     import grapes_hw.cli.demo as demo
 
     (tmp_path / "demo_results.jsonl").write_text('{"label": "earlier"}\n')
@@ -292,6 +297,8 @@ def test_an_interrupted_demo_keeps_the_previous_results(capsys, tmp_path, monkey
 
     def stop_at_second(cfg):
         if calls:
+            if inside_a_run:  # run() catches the signal and returns what it has
+                return {"status": "interrupted", "best_test_acc": 0.3, "epochs": []}
             raise KeyboardInterrupt
         calls.append(cfg)
         return {"best_test_acc": 0.5, "epochs": []}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -237,3 +238,38 @@ def test_continual_comparison_p_values():
         stats.ttest_ind([0.8, 0.82, 0.81], [0.7, 0.71, 0.72], equal_var=False).pvalue)
     assert c["mean_future_accuracy"] == pytest.approx(0.25)
     assert c["mean_forgetting_welch_p"] == 1.0  # equal, no spread
+
+
+def test_cli_continual_refuses_what_would_be_recorded_but_not_used(tmp_path, capsys):
+    from conftest import call
+
+    small = ["continual", "--tasks", "2", "--epochs-per-task", "1", "--layers", "8",
+             "--train-subset", "128", "--no-plots", "--quiet"]
+    for args, option in ((["--rules", "sgd", "--momentum", "0.5"], "--momentum"),
+                         (["--rules", "sgd", "--time-steps", "3"], "--time-steps"),
+                         (["--rules", "sgd", "--grapes-lower", "0.5"], "--grapes-lower"),
+                         (["--seeds", "0,00"], "--seeds"),  # one seed twice: no replicate
+                         (["--k-pixels", "65"], "--k-pixels")):  # (not --k)
+        rc, err = call(capsys, *small, *args, "--out", str(tmp_path / "o"))
+        assert rc == 2 and option in err and "Traceback" not in err, (args, err)
+        assert not (tmp_path / "o").exists()  # no empty folder left behind
+    # --grapes-lower acts on the grapes rule: accepted when that rule is among them
+    rc, err = call(capsys, *small, "--rules", "sgd,grapes", "--grapes-lower", "0.5",
+                   "--out", str(tmp_path / "o"))
+    assert rc == 0, err
+
+
+def test_continual_refuses_a_folder_whose_device_file_changed(tmp_path):
+    """Runs on a device file edited since (8 -> 2 bits) were kept as if current."""
+    dev = tmp_path / "mydev.toml"
+    dev.write_text('name = "mydev"\ndescription = "d"\nbackend = "fixed"\n[fixed]\nbits = 8\n')
+    base = TrainConfig.from_flat(dataset="digits", layers=(16,), lr=0.1, batch_size=32)
+    cc = ContinualConfig(base=base, n_tasks=2, k_pixels=20, epochs_per_task=1, rules=("sgd",),
+                         backends=(str(dev),), seeds=(0,))
+    out = tmp_path / "o"
+    run_continual(cc, out, quiet=True, plots=False, dataset=_tiny_digits())
+    dev.write_text(dev.read_text().replace("bits = 8", "bits = 2"))
+    for backends in ((str(dev),), ("float32",)):  # named again, or only among the old runs
+        with pytest.raises(ConfigError, match="another version of that device model"):
+            run_continual(replace(cc, backends=backends), out, quiet=True, plots=False,
+                          dataset=_tiny_digits())

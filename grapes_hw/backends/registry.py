@@ -273,6 +273,12 @@ def device_model_from_dict(data: dict, source: str = "<dict>") -> DeviceModel:
                        noise=noise, citation=citation, path=source)
 
 
+def device_content(model_dict: dict) -> dict:
+    """What of a device model (``DeviceModel.to_dict()``) changes what a run computes: its
+    backend kind, parameters and noise (not its name, description, citation or file)."""
+    return {k: model_dict.get(k) for k in ("backend", "params", "noise")}
+
+
 def make_backend(model: DeviceModel, shape: tuple[int, int], seed: int):
     """Instantiate ``model``'s backend for one layer of ``shape`` ``(n_out, n_in)``."""
     factory = model.factory

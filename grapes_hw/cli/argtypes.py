@@ -1,13 +1,17 @@
-"""Command-line argument types: each error names the value, argparse adds the option name.
+"""Command-line argument types: each error names the value, argparse adds the option name;
+and ``check_options_act``, the check that every option given acts on the run.
 
-A leaf module (it imports only the standard library), so every subcommand's parser can use
-these without importing the CLI module or anything heavy.
+A leaf module (it imports only the standard library and grapes_hw.errors at import time), so
+every subcommand can use these without importing the CLI module or anything heavy.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import re
+
+from grapes_hw.errors import ConfigError
 
 
 def positive_int(s: str) -> int:
@@ -83,3 +87,19 @@ def lower_bound(s: str) -> float | None:
     if not 0.0 <= v <= 2.0:
         raise argparse.ArgumentTypeError(f"{s!r}: expected a number in [0, 2] or 'none'")
     return v
+
+
+def check_options_act(*cfgs) -> None:
+    """An option typed on the command line must change the run (for ``continual``, at least
+    one of its rules' runs ``cfgs``): ``--grapes-bits`` with GRAPES off, ``--momentum`` with
+    SGD, ... would only be recorded. (A study may set them in ``[base]`` for a grid whose
+    other runs use them, so this is the CLI's check.)"""
+    from grapes_hw.training.config import TrainConfig, inactive_fields
+
+    flats, default = [c.flat() for c in cfgs], TrainConfig().flat()
+    unused = [inactive_fields(f) for f in flats]
+    for name, where in unused[0].items():
+        if flats[0][name] != default[name] and all(name in u for u in unused):
+            where = re.sub(r"`(\w+)`", lambda m: "--" + m.group(1).replace("_", "-"), where)
+            raise ConfigError("--" + name.replace("_", "-"),
+                              f"has no effect here; it applies with {where}")

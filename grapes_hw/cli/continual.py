@@ -31,6 +31,8 @@ def _csv(kind):
                     f"{s!r}: expected comma-separated integers") from None
             if any(v < 0 for v in vals):
                 raise argparse.ArgumentTypeError(f"{s!r}: must be >= 0")
+            if len(set(vals)) != len(vals):  # 0 and 00 are one seed
+                raise argparse.ArgumentTypeError(f"{s!r}: an item is listed twice")
             return tuple(vals)
         return tuple(parts)
     return parse
@@ -125,6 +127,12 @@ def cmd_continual(args: argparse.Namespace) -> int:
     cc = ContinualConfig(base=base, n_tasks=args.tasks, k=args.k, k_pixels=args.k_pixels,
                          epochs_per_task=args.epochs_per_task, rules=tuple(args.rules),
                          backends=tuple(args.backends), seeds=tuple(args.seeds))
+    from grapes_hw.cli.argtypes import check_options_act
+
+    base.check()
+    # an option must act in at least one of the rules' runs (--grapes-lower with sgd alone,
+    # --momentum with SGD, --time-steps with an MLP would only be recorded)
+    check_options_act(*(cc.rule_config(r, cc.backends[0], cc.seeds[0]) for r in cc.rules))
     from grapes_hw.studies.store import check_out_dir
 
     out = check_out_dir(args.out, "--out")

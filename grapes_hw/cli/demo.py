@@ -92,6 +92,8 @@ def run_demo(out_dir: str = "demo_out", quick: bool = False) -> int:
                 cfg = cfg.replace(epochs=min(cfg.run.epochs, d.quick_epochs))
             t0 = time.perf_counter()
             r = run(cfg)
+            if r.get("status") == "interrupted":  # the run caught Ctrl-C / SIGTERM (and
+                raise KeyboardInterrupt  # kept its epochs): the demo stops, as at any other time
             r["label"] = d.label
             r["wall_seconds"] = time.perf_counter() - t0
             results.append(r)

@@ -26,6 +26,7 @@ import threading
 from pathlib import Path
 
 from grapes_hw.cli.argtypes import (
+    check_options_act,
     layer_list,
     lower_bound,
     nonneg_int,
@@ -158,20 +159,6 @@ def config_from_args(args: argparse.Namespace):
         time_steps=args.time_steps,
         test_time_steps=args.test_time_steps,
     )
-
-
-def check_options_act(cfg) -> None:
-    """An option typed on the command line must change the run: ``--grapes-bits`` with
-    GRAPES off, ``--momentum`` with SGD, ... would only be recorded. (A study may set them
-    in ``[base]`` for a grid whose other runs use them, so this is the CLI's check.)"""
-    from grapes_hw.training.config import TrainConfig, inactive_fields
-
-    flat, default = cfg.flat(), TrainConfig().flat()
-    for name, where in inactive_fields(flat).items():
-        if flat[name] != default[name]:  # given on the command line (its default otherwise)
-            where = re.sub(r"`(\w+)`", lambda m: "--" + m.group(1).replace("_", "-"), where)
-            raise ConfigError("--" + name.replace("_", "-"),
-                              f"has no effect here; it applies with {where}")
 
 
 def check_result_out(path: str, cfg, option: str = "--out") -> None:

@@ -53,10 +53,14 @@ def is_device_path(backend: Any) -> bool:
                                          or "/" in backend)
 
 
+
+
 def device_content(model_dict: dict) -> dict:
-    """What of a device model changes what a run computes: its backend kind, parameters and
-    noise (not its name, description, citation or the file it came from)."""
-    return {k: model_dict.get(k) for k in ("backend", "params", "noise")}
+    """``grapes_hw.backends.registry.device_content`` (imported on use: importing the
+    backends package imports torch, and ``sweep -h`` must answer at once)."""
+    from grapes_hw.backends.registry import device_content as content
+
+    return content(model_dict)
 
 
 def device_digest(backend: str) -> str:

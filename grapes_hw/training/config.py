@@ -336,6 +336,8 @@ def inactive_fields(flat: dict[str, Any]) -> dict[str, str]:
         "momentum": (flat.get("optimizer") in ("momentum", "nag"),
                      "`optimizer` momentum or nag"),
         "velocity_rounding": (flat.get("velocity_bits") is not None, "`velocity_bits`"),
+        "activation": (not spiking, "`model` mlp or cnn (spiking units have their own)"),
+        "bias": (not spiking, "`model` mlp or cnn"),
         "time_steps": (spiking, "`model` snu or ssnu"),
         "test_time_steps": (spiking, "`model` snu or ssnu"),
         "data_dir": (flat.get("dataset") != "digits",

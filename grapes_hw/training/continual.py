@@ -245,7 +245,7 @@ RUN_FIELDS = ("backend", "rule", "seed", "status", "lr_effective", "R", "average
               "optimizer_state_bytes", "seconds")
 """What ``summary.json`` keeps of each finished run (its curve is in ``continual.jsonl``)."""
 
-_PER_RUN = ("rules", "backends", "seeds")
+_PER_RUN = ("rules", "backends", "seeds", "devices")
 """Settings that may grow between invocations on one folder; the others must match."""
 
 
@@ -290,6 +290,15 @@ def _read_previous(out: Path, sfile: Path, jfile: Path, settings: dict
         d["base"] = {k: v for k, v in d.get("base", {}).items()
                      if k not in ("data_dir", "download")}
         d.get("dataset", {}).pop("source", None)
+    from grapes_hw.backends.registry import device_content, load_device_model
+
+    changed = sorted(b for b, d in (old.get("settings", {}).get("devices") or {}).items()
+                     if (settings["devices"].get(b) or device_content(
+                         load_device_model(b, "--out").to_dict())) != d)
+    if changed:  # a device file edited since its runs: they would be kept as if current
+        raise ConfigError("--out", f"{out} holds runs on {', '.join(changed)} made with another "
+                                   "version of that device model (its parameters or noise "
+                                   "changed since); choose another folder")
     if mine != theirs:
         diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         if "base" in diff:
@@ -328,15 +337,14 @@ def run_continual(cc: ContinualConfig, out_dir: str | os.PathLike, *, quiet: boo
     invocation on the same folder with the same settings keeps the runs it finds finished
     and trains only the others (so adding a rule or a seed trains only that). The summary and
     plots then cover every run in the folder."""
-    from grapes_hw.backends.registry import load_device_model
+    from grapes_hw.backends.registry import device_content, load_device_model
     from grapes_hw.data.datasets import load_dataset
     from grapes_hw.training.driver import versions
 
     cc.check()
-    for b in cc.backends:
-        load_device_model(b, "backends")  # fail before training
+    devices = {b: device_content(load_device_model(b, "backends").to_dict())  # fail before
+               for b in cc.backends}                                          # training
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     base = cc.base
     data = dataset or load_dataset(base.data.dataset, data_dir=base.data.data_dir,
                                    train_subset=base.data.train_subset, seed=base.run.seed,
@@ -344,19 +352,23 @@ def run_continual(cc: ContinualConfig, out_dir: str | os.PathLike, *, quiet: boo
     n_pixels = int(np.prod(data.x_train.shape[1:]))
     k = cc.pixels(n_pixels)
     if not 0 <= k <= n_pixels or k == 1:
-        raise ConfigError("k", f"gives {k} pixels for {n_pixels}-pixel images; "
-                                 f"need 0 or 2..{n_pixels}")
+        raise ConfigError("k" if cc.k_pixels is None else "k_pixels",
+                          f"gives {k} pixels for {n_pixels}-pixel images; need 0 or "
+                          f"2..{n_pixels}")
     settings = {"n_tasks": cc.n_tasks, "k": cc.k, "k_pixels": k, "n_pixels": n_pixels,
                 "epochs_per_task": cc.epochs_per_task, "rules": list(cc.rules),
-                "backends": list(cc.backends), "seeds": list(cc.seeds),
+                "backends": list(cc.backends), "seeds": list(cc.seeds), "devices": devices,
                 "base": {**to_dict(base.flat()),
                          "layers": [int(v) for v in base.network.layers]},
                 "dataset": {"name": data.name, "source": data.source,
                             "n_train": int(data.x_train.shape[0]),
                             "n_test": int(data.x_test.shape[0])}}
     runs, seconds_before = _previous_runs(out, settings)
+    out.mkdir(parents=True, exist_ok=True)  # (after every check: no empty folder on an error)
     for key in ("rules", "backends", "seeds"):
         settings[key] = _union(list(dict.fromkeys(r[key[:-1]] for r in runs)), settings[key])
+    settings["devices"] = {b: devices.get(b) or device_content(load_device_model(b).to_dict())
+                           for b in settings["backends"]}
     t_start = time.perf_counter()
     allcc = replace(cc, rules=tuple(settings["rules"]), backends=tuple(settings["backends"]),
                     seeds=tuple(settings["seeds"]))
