@@ -468,6 +468,14 @@ def test_config_errors_name_the_field():
     assert field(e) == "model" and "cnn" in e.value.message
     assert [s.text() for s in parse_conv("16:5, 32:5:avg")] == ["16:5", "32:5:avg"]
     TrainConfig.from_flat(model="cnn", dataset="fashion-mnist", conv="4:3,4:3,4:3,4:3").check()
+    # a kernel wider than 2 x image - 1 has weights that never meet a pixel (they counted in
+    # memory, pulses and the filter's L1 importance); 2 x 8 - 1 = 15 on digits is the limit,
+    # and after one pooling the second layer's input is 4x4
+    for conv in ("4:99", "4:17", "4:3,8:9"):
+        with pytest.raises(ConfigError, match="never see a pixel") as e:
+            TrainConfig.from_flat(model="cnn", dataset="digits", conv=conv).check()
+        assert field(e) == "conv"
+    TrainConfig.from_flat(model="cnn", dataset="digits", conv="4:15,4:7").check()
 
 
 def test_new_field_leaves_existing_run_keys_alone():

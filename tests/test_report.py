@@ -570,3 +570,19 @@ def test_shared_settings_that_act_on_no_run_are_listed_apart(tmp_path):
     write_runs(tmp_path, runs)
     md = write_report(tmp_path).read_text()
     assert "`momentum=0.9`" not in md.split("Recorded but acting on none", 1)[-1].split("\n")[0]
+
+
+@pytest.mark.parametrize("study, says", [
+    ([1, 2], "not a study description"),
+    ({"name": 5, "tune": "yes"}, "'name' is not a string"),
+    ({"runs": 3}, "'runs' is not a list"),  # once crashed after the plots were rewritten
+    ({"name": "other", "runs": [{"key": "elsewhere"}]}, "none of them among the"),
+])
+def test_a_study_json_that_is_not_these_runs_plan_is_ignored_with_a_warning(tmp_path, study,
+                                                                             says):
+    write_runs(tmp_path, [_grapes_run("float32", g, 0.1, s, 0.85) for g in ("off", "propagating")
+                          for s in range(2)])
+    (tmp_path / "study.json").write_text(json.dumps(study))
+    md = write_report(tmp_path).read_text()
+    assert md.startswith("# Report: sweep\n")  # not another study's title and question
+    assert any(says in ln for ln in md.splitlines() if ln.startswith("> warning: ")), md[:2000]

@@ -139,6 +139,12 @@ def feature_shapes(layers: list[ConvLayerSpec], in_shape: tuple[int, int, int],
                                       f"a {in_shape[1]}x{in_shape[2]} image to nothing; use "
                                       "fewer layers or ':none' pooling")
         out.append((c, h, w))
+    for s, (_, h, w) in zip(layers, [in_shape, *out], strict=False):  # each layer's input
+        if s.kernel > 2 * min(h, w) - 1:  # its outer weights would never meet a pixel
+            raise ConfigError(option, f"got {conv_text(layers)!r}: kernel {s.kernel} on a "
+                                      f"{h}x{w} input ('same' padding) has weights that never "
+                                      f"see a pixel; use a kernel of at most "
+                                      f"{2 * min(h, w) - 1}")
     return out
 
 

@@ -408,6 +408,27 @@ def analyse(runs: list[dict], study: dict | None = None,
                     list(warnings or []), list(tune_runs or []), tuned)
 
 
+def _study_problem(study: Any, records: list[dict]) -> str:
+    """What makes ``study`` (a study.json) not the plan of these runs ("" when it is):
+    not the shape ``sweep`` writes, or the plan of another study (none of its runs here)."""
+    if not isinstance(study, dict):
+        return "not a study description (a JSON object)"
+    for k in ("name", "description", "question"):
+        if study.get(k) is not None and not isinstance(study[k], str):
+            return f"{k!r} is not a string"
+    if study.get("tune") is not None and not isinstance(study["tune"], dict):
+        return "'tune' is not a table"
+    runs = study.get("runs")
+    if runs is not None and not (isinstance(runs, list) and all(
+            isinstance(r, dict) and isinstance(r.get("key"), str) for r in runs)):
+        return "'runs' is not a list of planned runs with keys"
+    if runs and records and not {r["key"] for r in runs} & {r["key"] for r in records}:
+        return (f"it plans {len(runs)} runs ({study.get('name')!r}), none of them among the "
+                f"{len(records)} results here: another study's plan, or one changed since "
+                "these runs")
+    return ""
+
+
 def load(dir_: str | Path) -> Analysis:
     d = Path(dir_)
     if not d.is_dir():
@@ -428,6 +449,10 @@ def load(dir_: str | Path) -> Analysis:
             study = json.loads(sp.read_text())
         except ValueError:
             warnings.append(f"{sp}: not valid JSON; ignored")
+        problem = _study_problem(study, every) if study is not None else ""
+        if problem:
+            warnings.append(f"{sp}: {problem}; ignored (the report uses the runs alone)")
+            study = None
     tuned = ((study or {}).get("tune") or {}).get("field") if tune_runs or (
         (study or {}).get("tune")) else None
     if tune_runs and not runs:
