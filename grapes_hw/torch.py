@@ -141,8 +141,37 @@ def _scale_along(g: torch.Tensor, m: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 _ATTACHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-"""model -> a weak reference to the GRAPES attached to it (weak on both sides, so neither is
-kept alive by it; nothing is added to the model, which still deep-copies and pickles)."""
+"""layer -> a weak reference to the GRAPES modulating it (weak on both sides, so neither is
+kept alive by it): one GRAPES per layer, whichever (sub)model it was attached through."""
+
+
+def _detached(*args, **kwargs) -> None:
+    """What a GRAPES hook becomes in a copy or a pickle of the model: nothing."""
+    return None
+
+
+def _detached_hook():
+    return _detached
+
+
+class _Hook:
+    """A module hook of a GRAPES. ``copy.deepcopy`` or pickling (``torch.save``) of the model
+    turns it into ``_detached``: a copy is a plain model (GRAPES may be attached to it anew),
+    and the pickle holds no reference to this GRAPES or its weak references."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    def __deepcopy__(self, memo):
+        return _detached
+
+    def __reduce__(self):
+        return _detached_hook, ()
 
 
 class GRAPES:
@@ -170,9 +199,6 @@ class GRAPES:
         if bits is not None and not (isinstance(bits, numbers.Integral)
                                      and not isinstance(bits, bool) and 1 <= bits <= 16):
             raise ConfigError("bits", f"got {bits!r}; allowed 1..16 (or None: full precision)")
-        if (_ATTACHED.get(model) or (lambda: None))() is not None:
-            raise ConfigError("model", "GRAPES is already attached to this model (its factors "
-                                       "would apply twice); call remove() on that one first")
         self.model = model
         self.mode = mode
         self.lower = None if lower is None else float(lower)
@@ -202,6 +228,12 @@ class GRAPES:
                               "GRAPES modulates hidden layers, so it needs at least one hidden "
                               "layer before the output layer")
         if mode == "local":
+            for layer in chosen:
+                if any(isinstance(p, nn.parameter.UninitializedParameter)
+                       for p in layer.parameters(recurse=False)):
+                    raise ConfigError("mode", f"'local' hooks each layer's parameters, and a "
+                                              f"lazy {type(layer).__name__} has none yet: run "
+                                              "one forward pass before attaching GRAPES")
             owner: dict[int, int] = {}
             for i, layer in enumerate(chosen):
                 for p in layer.parameters():
@@ -212,6 +244,10 @@ class GRAPES:
                                                   "share a parameter (tied weights): the "
                                                   "product of both would apply; use "
                                                   "'propagating'")
+        if any((_ATTACHED.get(layer) or (lambda: None))() is not None for layer in chosen):
+            raise ConfigError("model", "GRAPES is already attached to a layer of this model "
+                                       "(through it or a part of it: its factors would apply "
+                                       "twice); call remove() on that one first")
         self._recording: list[nn.Module] | None = None
         self._layers = chosen
         # m of each layer from its latest forward pass (local mode's parameter hooks read it);
@@ -219,13 +255,14 @@ class GRAPES:
         self._m: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._handles: list = []
         self._attached = True
-        _ATTACHED[model] = weakref.ref(self)
-        if self._order is None:
-            self._handles.append(model.register_forward_pre_hook(self._start_recording))
-            self._handles.append(model.register_forward_hook(self._stop_recording))
         for layer in chosen:
-            self._handles.append(layer.register_forward_pre_hook(self._pre_hook))
-            self._handles.append(layer.register_forward_hook(self._post_hook))
+            _ATTACHED[layer] = weakref.ref(self)
+        if self._order is None:
+            self._handles.append(model.register_forward_pre_hook(_Hook(self._start_recording)))
+            self._handles.append(model.register_forward_hook(_Hook(self._stop_recording)))
+        for layer in chosen:
+            self._handles.append(layer.register_forward_pre_hook(_Hook(self._pre_hook)))
+            self._handles.append(layer.register_forward_hook(_Hook(self._post_hook)))
             if mode == "local":
                 self._attach_local(layer)
 
@@ -254,8 +291,9 @@ class GRAPES:
             h.remove()
         self._handles.clear()
         self._m.clear()
-        if (_ATTACHED.get(self.model) or (lambda: None))() is self:
-            del _ATTACHED[self.model]
+        for layer in self._layers:
+            if (_ATTACHED.get(layer) or (lambda: None))() is self:
+                del _ATTACHED[layer]
 
     def __enter__(self) -> GRAPES:
         return self
@@ -338,7 +376,7 @@ class GRAPES:
         top_bias = getattr(layer.analog_module, "bias", None)
         targets = [(top_bias, slice(None))] if isinstance(top_bias, nn.Parameter) else []
         for tile, rows in _tile_rows(layer):
-            self._handles.append(tile.register_forward_hook(self._tile_hook(layer, rows)))
+            self._handles.append(tile.register_forward_hook(_Hook(self._tile_hook(layer, rows))))
             # Weights and biases only: not learned output scales or input ranges.
             targets += [(p, rows) for name, p in tile.named_parameters()
                         if not isinstance(p, AnalogContext) and p.requires_grad

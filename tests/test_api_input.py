@@ -167,12 +167,55 @@ def test_grapes_attaches_once_per_model():
     g = GRAPES(m)
     with pytest.raises(ConfigError, match="already attached"):
         GRAPES(m)
+    with pytest.raises(ConfigError, match="already attached"):
+        GRAPES(m[0:3])  # a part of the model shares its layers: they would be scaled twice
     g.remove()
     GRAPES(m).remove()  # after remove() it may be attached again
-    import copy
 
-    with GRAPES(m):
-        copy.deepcopy(m)  # the model carries nothing new
+
+@pytest.mark.parametrize("mode", ["propagating", "local"])
+def test_a_copy_or_pickle_of_a_model_with_grapes_is_a_plain_model(mode):
+    """A deepcopy kept GRAPES' hooks (modulated after remove(), twice with a new GRAPES) and
+    torch.save failed on its weak references."""
+    import copy
+    import io
+
+    from grapes_hw.torch import GRAPES
+
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 8), torch.tensor([0, 1, 2, 0, 1, 2])
+
+    def grad(model):
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        return model[0].weight.grad.clone()
+
+    m = mlp()
+    plain = grad(m)
+    g = GRAPES(m, mode=mode)
+    modulated = grad(m)
+    assert not torch.allclose(modulated, plain)  # GRAPES acts on this model
+    c = copy.deepcopy(m)
+    buf = io.BytesIO()
+    torch.save(m, buf)
+    g.remove()
+    assert torch.equal(grad(c), plain)  # the copy trains as the plain model
+    with GRAPES(c, mode=mode):  # and takes a GRAPES of its own, applied once
+        assert torch.allclose(grad(c), modulated)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    assert torch.equal(grad(loaded), plain)
+
+
+def test_local_mode_on_a_lazy_layer_says_to_run_a_forward_pass_first():
+    from grapes_hw.torch import GRAPES
+
+    lazy = nn.Sequential(nn.LazyLinear(5), nn.ReLU(), nn.Linear(5, 3))
+    with pytest.raises(ConfigError, match="forward pass") as e:
+        GRAPES(lazy, mode="local")
+    assert e.value.field == "mode"
+    lazy(torch.randn(2, 4))
+    GRAPES(lazy, mode="local").remove()
 
 
 def test_grapes_refuses_what_it_could_not_modulate():
