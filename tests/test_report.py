@@ -586,3 +586,16 @@ def test_a_study_json_that_is_not_these_runs_plan_is_ignored_with_a_warning(tmp_
     md = write_report(tmp_path).read_text()
     assert md.startswith("# Report: sweep\n")  # not another study's title and question
     assert any(says in ln for ln in md.splitlines() if ln.startswith("> warning: ")), md[:2000]
+
+
+def test_a_folder_of_failed_runs_has_no_empty_learning_curve_plot(tmp_path):
+    from grapes_hw.studies.executors import error_record
+
+    cfg = {"dataset": "digits", "layers": [8], "lr": 0.1, "backend": "float32"}
+    write_runs(tmp_path, [error_record(f"k{s}", {**cfg, "seed": s}, "ValueError: boom",
+                                       "ValueError") for s in range(2)])
+    (tmp_path / "learning_curves.png").write_bytes(b"an older plot")
+    md = write_report(tmp_path).read_text()
+    assert not (tmp_path / "learning_curves.png").exists()
+    assert "learning_curves.png" not in md and "no learning curves" in md
+    assert "ValueError: boom" in md

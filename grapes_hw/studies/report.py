@@ -255,8 +255,12 @@ def write_report(dir_: str | Path) -> Path:
         "accuracy, s = slowness, means of the accepted fits)",
         plots.plateau_fits(an, fx, d / "plateau_fits.png"))
     lc_rows = plots.learning_curves(an, fx, d / "learning_curves.png")
+    if not lc_rows:  # every run failed before its first test: an empty plot says nothing
+        (d / "learning_curves.png").unlink(missing_ok=True)
+        notes.append("No run has a tested epoch (every run failed, see *Flagged runs*): no "
+                     "learning curves.")
     png("learning_curves.png", "Learning curves (mean test accuracy per epoch, band = ± std "
-        "over seeds where n > 1; data in `learning_curves.csv`)", True)
+        "over seeds where n > 1; data in `learning_curves.csv`)", bool(lc_rows))
     write_csv(d / "learning_curves.csv", [*an.group_fields, "epoch", "test_acc_mean",
                                           "test_acc_std", "n"], lc_rows)
     files.append("learning_curves.csv")
