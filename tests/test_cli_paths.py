@@ -272,6 +272,12 @@ def test_compare_out_never_destroys_its_inputs(capsys, tmp_path):
     assert call(capsys, "compare", str(r), "--out", str(tmp_path / "t.md"))[0] == 0
 
 
+@pytest.mark.parametrize("command", [["demo", "--quick"], ["continual", "--tasks", "2"],
+                                     ["train", *TINY], ["compare", "a.json"]])
+def test_an_empty_out_is_refused_not_the_current_folder(capsys, command):
+    refused(capsys, *command, "--out", "", option="--out", says="is empty")
+
+
 def test_continual_bad_out_and_one_task_are_refused(capsys, tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("x")

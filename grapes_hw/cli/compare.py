@@ -41,7 +41,7 @@ def _holds_results(path: Path) -> bool:
 
 
 def cmd_compare(args) -> int:
-    if args.out:
+    if args.out is not None:
         from grapes_hw.errors import ConfigError
         from grapes_hw.studies.store import check_out_file
 

@@ -209,7 +209,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg.check()
     check_options_act(cfg)
     load_device_model(cfg.device.backend)  # fail fast on a bad --backend
-    if args.out:
+    if args.out is not None:
         check_result_out(args.out, cfg)
 
     def on_epoch(rec: dict) -> None:

@@ -27,6 +27,8 @@ def _existing_ancestor(p: Path) -> Path:
 def check_out_file(path: str | Path, option: str = "--out") -> Path:
     """The file ``path`` can be written: not a folder, in an existing writable folder. Checked
     before anything is computed, so a bad path costs nothing."""
+    if not str(path).strip():
+        raise ConfigError(option, "is empty; give a file path")
     p = Path(path)
     if p.is_dir():
         raise ConfigError(option, f"{p} is a directory; give a file path")
@@ -43,6 +45,8 @@ def check_out_file(path: str | Path, option: str = "--out") -> Path:
 
 def check_out_dir(path: str | Path, option: str = "--out") -> Path:
     """The folder ``path`` exists or can be created, and can be written."""
+    if not str(path).strip():  # Path("") is the current folder: never meant
+        raise ConfigError(option, "is empty; give a folder path")
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise ConfigError(option, f"{p} exists and is not a directory")
