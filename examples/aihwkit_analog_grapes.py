@@ -28,6 +28,7 @@ from aihwkit.optim import AnalogSGD
 from aihwkit.simulator.presets import EcRamPreset
 from torch import nn
 
+from grapes_hw.cli.argtypes import positive_int
 from grapes_hw.data.datasets import load_dataset
 from grapes_hw.torch import GRAPES
 
@@ -92,10 +93,11 @@ def train(grapes: str, x, y, x_test, y_test, *, hidden: int, epochs: int, lr: fl
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="tiny run for the tests")
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="training epochs (default: 1 with --smoke, else the full run's)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    epochs = args.epochs or (1 if args.smoke else 10)
+    epochs = args.epochs if args.epochs is not None else (1 if args.smoke else 10)
     hidden = 16 if args.smoke else 64
     d = load_dataset("digits", progress=False)
     n = 256 if args.smoke else d.x_train.shape[0]

@@ -42,8 +42,17 @@ def my_device() -> SingleRPUConfig:
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="tiny run for the tests")
-    p.add_argument("--out", help="folder to write <grapes>.json result files into")
+    p.add_argument("--out", help="folder to write <grapes>.json result files into (files "
+                                 "of an earlier run of this script there are replaced)")
     args = p.parse_args(argv)
+    if args.out is not None:  # a path that cannot be a folder fails now, not after training
+        from grapes_hw.errors import ConfigError
+        from grapes_hw.studies.store import check_out_dir
+
+        try:
+            check_out_dir(args.out, "--out")
+        except ConfigError as e:
+            p.error(str(e))  # exit 2 with the usage line
     size = (dict(layers=(16,), epochs=1, train_subset=300) if args.smoke
             else dict(layers=(64,), epochs=10))
     results = []
