@@ -141,3 +141,22 @@ def test_compare_module_imports_nothing_heavy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).parent.parent).stdout
     assert out.strip() == "[]"
+
+
+def test_keyless_results_files_twice_given_files_and_folders(tmp_path, capsys):
+    """demo_results.jsonl (one run per line, no keys) was "holds no results"; the same file
+    twice made two columns of one run; a folder was "no such file"."""
+    curve = [0.5, 0.6]
+    lines = [json.dumps({"label": lab, **result(lr, "float32", "float", curve)})
+             for lab, lr in (("float32 SGD", 0.1), ("float32 momentum", 0.01))]
+    f = tmp_path / "demo_results.jsonl"
+    f.write_text("\n".join(lines) + "\n")
+    assert main(["compare", str(f)]) == 0
+    out = capsys.readouterr().out
+    assert "demo_results.jsonl:float32 SGD" in out and "demo_results.jsonl:float32 momentum" in out
+    r = tmp_path / "r.json"
+    r.write_text(json.dumps(result(0.1, "float32", "float", curve)))
+    assert main(["compare", str(r), str(r)]) == 2
+    assert "given twice" in capsys.readouterr().err
+    assert main(["compare", str(r), str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err

@@ -28,17 +28,27 @@ def load_results(paths: list[str], warnings: list[str] | None = None
     from grapes_hw.studies.store import latest_by_key, read_runs, record_problem
 
     out: list[tuple[Path, str, dict]] = []
+    seen_files: set[Path] = set()
     for p in map(Path, paths):
+        if p.is_dir():
+            raise ConfigError("FILE", f"{p} is a folder; give its runs.jsonl or result.json")
         if not p.is_file():
             raise ConfigError("FILE", f"no such file: {p}")
+        if p.resolve() in seen_files:
+            raise ConfigError("FILE", f"{p} is given twice")
+        seen_files.add(p.resolve())
         if p.suffix == ".jsonl":
-            records, skipped = read_runs(p)
+            # a sweep's runs.jsonl (keyed: a rerun replaces its earlier line) or any other
+            # file of results, one per line (demo_results.jsonl: no keys, each line a run)
+            records, skipped = read_runs(p, need_key=False)
             if warnings is not None:
                 warnings += skipped
-            runs = list(latest_by_key(records).values())
+            keyed = latest_by_key([r for r in records if "key" in r])
+            runs = [r for r in records if "key" not in r or keyed.get(r["key"]) is r]
             if not runs:
                 raise ConfigError("FILE", f"{p} holds no results")
-            out += [(p, f"{p.name}:{r.get('key', i)}", r) for i, r in enumerate(runs)]
+            out += [(p, f"{p.name}:{r.get('key', r.get('label', i + 1))}", r)
+                    for i, r in enumerate(runs)]
             continue
         try:
             run = json.loads(p.read_text())

@@ -59,7 +59,8 @@ def check_out_dir(path: str | Path, option: str = "--out") -> Path:
 
 
 # ---- runs.jsonl ----------------------------------------------------------------------------
-def read_runs(path: str | Path, *, repair: bool = False) -> tuple[list[dict], list[str]]:
+def read_runs(path: str | Path, *, repair: bool = False, need_key: bool = True
+              ) -> tuple[list[dict], list[str]]:
     """Parse runs.jsonl; returns (records, warnings).
 
     A torn last line (one without its newline: a write cut short by a kill) is ignored, and
@@ -86,7 +87,7 @@ def read_runs(path: str | Path, *, repair: bool = False) -> tuple[list[dict], li
         pos = nl + 1
         if not line.strip():
             continue
-        rec, problem = _parse_line(line)
+        rec, problem = _parse_line(line, need_key)
         if problem:
             warnings.append(f"{path}: line {lineno} is not a valid result ({problem}); "
                             "ignored (kept in the file)")
@@ -101,12 +102,12 @@ def read_runs(path: str | Path, *, repair: bool = False) -> tuple[list[dict], li
     return records, warnings
 
 
-def _parse_line(line: bytes) -> tuple[dict | None, str]:
+def _parse_line(line: bytes, need_key: bool = True) -> tuple[dict | None, str]:
     try:
         rec = json.loads(line)
     except (ValueError, UnicodeDecodeError):
         return None, "not JSON"
-    problem = record_problem(rec, need_key=True)
+    problem = record_problem(rec, need_key=need_key)
     return (None, problem) if problem else (rec, "")
 
 
