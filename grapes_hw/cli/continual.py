@@ -71,7 +71,9 @@ def add_cli(subparsers) -> None:
     p.add_argument("--epochs-per-task", type=positive_int, default=5,
                    help="training epochs on each task")
     p.add_argument("--rules", type=_rules, default=("sgd", "grapes"),
-                   help=f"learning rules compared, comma-separated, from {', '.join(RULES)}")
+                   help=f"learning rules compared, comma-separated, from {', '.join(RULES)}: "
+                        "'sgd' is --optimizer alone (no GRAPES, whichever optimizer), 'grapes' "
+                        "and 'grapes-local' add GRAPES, 'lr-matched' is the paper's control")
     p.add_argument("--backends", type=_csv(str), default=("float32",),
                    help="device models compared, comma-separated (e.g. float32,fixed8; see "
                         "'grapes-hw devices')")
