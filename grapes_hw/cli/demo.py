@@ -133,6 +133,7 @@ def _plot(results: list[dict], path: Path) -> None:
         acc = [e["test_acc"] for e in r["epochs"]]
         ax.plot(ep, acc, marker=".", label=r["label"])
     ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
     ax.set_ylabel("test accuracy")
     ax.set_title("digits, 3x256 ReLU: learning curves")
     ax.grid(alpha=0.3)
