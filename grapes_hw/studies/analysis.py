@@ -455,6 +455,17 @@ def load(dir_: str | Path) -> Analysis:
             study = None
     tuned = ((study or {}).get("tune") or {}).get("field") if tune_runs or (
         (study or {}).get("tune")) else None
+    if tuned and study and isinstance(study.get("runs"), list):
+        # a run at a value the tuning no longer chooses (its grid or data changed since) is
+        # superseded: pooled with the run at the new choice, it made a mean of two settings
+        planned = {r["key"] for r in study["runs"]}
+        old = [r for r in runs if r["key"] not in planned]
+        if old:
+            runs = [r for r in runs if r["key"] in planned]
+            warnings.append(f"{len(old)} result{'s' * (len(old) != 1)} at a {tuned} the tuning "
+                            "no longer chooses (the study or its tuning changed since) "
+                            f"{'are' if len(old) != 1 else 'is'} left out of every table "
+                            "(kept in runs.jsonl)")
     if tune_runs and not runs:
         warnings.append(f"only tuning runs have finished ({len(tune_runs)}); the study's runs "
                         "at the tuned values have not started")
