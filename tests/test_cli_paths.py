@@ -171,6 +171,11 @@ def study(tmp_path, text: str, name: str = "s.toml"):
     ('[base]\ndataset = "digits"\ntrain_subset = 99999\n', "base.train_subset", "1..1347"),
     ('[base]\ndataset = "digits"\n[tune]\nlr = [0.1, 0.2]\ntrain_subset = 2\n'
      'val_fraction = 0.8\n', "tune.val_fraction", "leaves no training samples"),
+    # an exclude rule that drops nothing (a typo'd value) or has an empty list
+    ('[base]\ndataset = "digits"\n[axes]\ngrapes = ["off", "propagating"]\n[[exclude]]\n'
+     'grapes = "local"\n', "exclude[0]", "matches no run"),
+    ('[base]\ndataset = "digits"\n[axes]\ngrapes = ["off", "propagating"]\n[[exclude]]\n'
+     'grapes = []\n', "exclude[0].grapes", "empty list"),
     # the same field on two axes: the later would override the earlier in every run
     ('[base]\ndataset = "digits"\n[axes]\nlr = [0.1, 0.2]\n[[variants]]\nlr = 0.5\n',
      "variants", "which axes.lr also sets"),

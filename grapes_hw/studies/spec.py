@@ -241,6 +241,8 @@ def _parse_exclude(items: Any, prefix: str, fields: dict) -> list[dict[str, list
             _check_name(name, k, fields)
             # A list means "any of these"; for list-typed fields (layers) a list of lists.
             seq = not name.startswith("extra.") and _is_sequence_type(fields[name])
+            if isinstance(v, list) and not v:
+                raise ConfigError(k, "empty list: the rule would match no run")
             many = isinstance(v, list) and (not seq or (v and isinstance(v[0], list)))
             vals = v if many else [v]
             rule[name] = [_canon(_coerce_field(name, x, f"{k}[{j}]" if many else k, fields))
@@ -447,6 +449,7 @@ def study_from_dict(raw: dict, *, quick: bool = False, path: str = "<dict>",
             field_source[name] = a.source
 
     resolved: list[dict] = []
+    matched = [False] * len(exclude)
     for combo in itertools.product(*[a.points for a in ordered]):
         cfg: dict[str, Any] = {}
         for name, v in base.items():
@@ -462,13 +465,23 @@ def study_from_dict(raw: dict, *, quick: bool = False, path: str = "<dict>",
         if quick:
             for name, v in pins.items():
                 _set_path(cfg, name, v)
-        if any(all(_canon(_get_path(cfg, n)) in vals for n, vals in rule.items())
-               for rule in exclude):
+        hits = [all(_canon(_get_path(cfg, n)) in vals for n, vals in rule.items())
+                for rule in exclude]
+        for i, hit in enumerate(hits):
+            matched[i] = matched[i] or hit
+        if any(hits):
             continue
         resolved.append(cfg)
     if not resolved:
         raise ConfigError("exclude" if exclude else "axes",
                           "every run of the grid is excluded: the study has no runs")
+    # A rule that drops nothing: a typo, or a stale rule. (A rule of the full grid may match
+    # nothing in the smaller quick grid: checked only where it was written for the grid.)
+    for i, hit in enumerate(matched):
+        if not hit and (not quick or q_exclude is not None):
+            raise ConfigError(f"{'quick.' if quick and q_exclude is not None else ''}"
+                              f"exclude[{i}]", "matches no run of the grid (check its "
+                                               "fields and values)")
 
     specs: list[RunSpec] = []
     seen: set[str] = set()
