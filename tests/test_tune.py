@@ -287,3 +287,21 @@ def test_a_run_at_a_superseded_tuned_value_is_left_out_and_said_so(tmp_path):
     warn = [ln for ln in md.splitlines() if "the tuning no longer chooses" in ln]
     assert len(warn) == 1 and "1 result at a lr" in warn[0], md[:3000]
     assert "0.123" not in md and "values of the tuned lr" not in md
+
+
+def test_equal_lr_table_shows_the_metric_the_tuning_chose_by(tmp_path):
+    """With metric final_val_acc the table of rules at equal lr showed the best val acc
+    (another number for the same run than the tuning table's)."""
+    from grapes_hw.studies.analysis import load
+    from grapes_hw.studies.report import write_report
+    from grapes_hw.studies.report_tuning import equal_lr_rows
+    from grapes_hw.studies.tune import run_metric
+
+    raw = tuned_study(metric="final_val_acc", epochs=2)
+    raw["variants"] = raw["variants"][:1]
+    out = tmp_path / "out"
+    run_sweep(study_from_dict(raw), out=str(out), workers=1, quiet=True)
+    an = load(out)
+    finals = sorted(run_metric(r, "final_val_acc") for r in an.tune_runs)
+    assert sorted(row[3] for row in equal_lr_rows(an)) == pytest.approx(finals)
+    assert "| final val acc |" in write_report(out).read_text()

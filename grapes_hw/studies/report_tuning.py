@@ -332,7 +332,10 @@ def device_section(an: Analysis, d: Path, facts: Facts) -> tuple[list[str], list
                   "factor the first layer's error carries, the first layer's devices near "
                   "saturation after the last tuning epoch, and pulses per training sample "
                   "(devices programmed by writes only).", "",
-                  _md(["backend", "lr", "rule", "val acc", "factor carried (layer 1)",
+                  _md(["backend", "lr", "rule", {"val_acc": "best val acc",
+                                                  "final_val_acc": "final val acc"}[
+                                                      tune_metric(an)],
+                       "factor carried (layer 1)",
                        "near sat. (layer 1)", "pulses / sample", "n"],
                       [[b, f"{lr:g}", rule, _f(v, ".4f"), _f(fc, ".2f"), _f(s, ".4f"),
                         _f(p, ".3g"), n] for b, lr, rule, v, fc, s, p, n in eq]), ""]
@@ -341,6 +344,14 @@ def device_section(an: Analysis, d: Path, facts: Facts) -> tuple[list[str], list
 
 _NOT_A_SETTING = {"seed", "lr", "lr_effective", "lr_scale", "lr_source", "data_dir", "download",
                   "backend", "optimizer", "grapes", "lr_matched"}
+
+
+def tune_metric(an: Analysis) -> str:
+    """The metric the study's tuning chooses by (``val_acc``: best over the epochs, or
+    ``final_val_acc``), so every table of tuning runs shows the same number."""
+    tune = (an.study or {}).get("tune") or {}
+    return tune.get("metric") if tune.get("metric") in ("val_acc", "final_val_acc") \
+        else "val_acc"
 
 
 def equal_lr_rows(an: Analysis) -> list[list[Any]]:
@@ -366,7 +377,7 @@ def equal_lr_rows(an: Analysis) -> list[list[Any]]:
         (b, rule), lr = names[key], key[1]
         v, fc, s, p = [], [], [], []
         for r in runs:
-            v.append(_run_metric(r, "val_acc"))
+            v.append(_run_metric(r, tune_metric(an)))
             first = [ls[0] for ls in _layers(r) if ls]
             fcs = [fnum(L.get("carried")) for L in first if L.get("carried") is not None]
             fc.append(sum(fcs) / len(fcs) if fcs else math.nan)
