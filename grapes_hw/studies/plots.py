@@ -96,7 +96,10 @@ def _save(fig, path: Path, legend_axes=None) -> None:
     if legend_axes is not None:
         handles, labels = legend_axes
         if handles and labels != ["all runs"]:  # one kind of run: nothing to tell apart
-            fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.93),
+            # at the top of the panels, right of them: below the title, which a narrow
+            # figure's legend would otherwise overlap
+            top = max((ax.get_position().y1 for ax in fig.axes), default=0.93)
+            fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, top),
                        fontsize=8, frameon=False)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
