@@ -34,7 +34,6 @@ round to nearest.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -81,9 +80,8 @@ class FixedParams:
                     f"got {self.w_max!r}; expected a positive number or \"auto\"")
         require(math.isfinite(self.w_max_factor) and self.w_max_factor > 0, "w_max_factor",
                 f"got {self.w_max_factor!r}; must be a positive number")
-        default_factor = next(f.default for f in dataclasses.fields(self)
-                              if f.name == "w_max_factor")
-        require(self.w_max == "auto" or self.w_max_factor == default_factor, "w_max_factor",
+        require(self.w_max == "auto" or self.w_max_factor == FixedParams.w_max_factor,
+                "w_max_factor",
                 f"got {self.w_max_factor!r} with w_max = {self.w_max!r}; it sets the range "
                 "only with w_max = \"auto\" (remove one of the two)")
         require(self.rounding in ("nearest", "stochastic"), "rounding",

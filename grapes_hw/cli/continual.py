@@ -21,8 +21,7 @@ def _csv(kind):
             raise argparse.ArgumentTypeError(f"{s!r}: expected a comma-separated list")
         if not all(parts):
             raise argparse.ArgumentTypeError(f"{s!r}: an empty item between commas")
-        if len(set(parts)) != len(parts):  # seed 0 twice is not two replicates
-            raise argparse.ArgumentTypeError(f"{s!r}: an item is listed twice")
+        vals = parts
         if kind is int:
             try:
                 vals = [int(p) for p in parts]
@@ -31,10 +30,9 @@ def _csv(kind):
                     f"{s!r}: expected comma-separated integers") from None
             if any(v < 0 for v in vals):
                 raise argparse.ArgumentTypeError(f"{s!r}: must be >= 0")
-            if len(set(vals)) != len(vals):  # 0 and 00 are one seed
-                raise argparse.ArgumentTypeError(f"{s!r}: an item is listed twice")
-            return tuple(vals)
-        return tuple(parts)
+        if len(set(vals)) != len(vals):  # seed 0 twice (or 0,00) is not two replicates
+            raise argparse.ArgumentTypeError(f"{s!r}: an item is listed twice")
+        return tuple(vals)
     return parse
 
 

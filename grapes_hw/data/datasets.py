@@ -178,7 +178,6 @@ def validation_size(n: int, val_fraction: float) -> int:
     return n_val
 
 
-
 def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,
                  train_subset: int | None = None, val_fraction: float = 0.0, seed: int = 0,
                  download: bool = True, progress: bool = True) -> Dataset:

@@ -53,8 +53,6 @@ def is_device_path(backend: Any) -> bool:
                                          or "/" in backend)
 
 
-
-
 def device_content(model_dict: dict) -> dict:
     """``grapes_hw.backends.registry.device_content`` (imported on use: importing the
     backends package imports torch, and ``sweep -h`` must answer at once)."""
