@@ -286,6 +286,32 @@ def test_a_stopped_sweep_leaves_no_workers_running(tmp_path, sig):
         assert not runs.exists() or runs.read_text() == ""  # no half-trained run recorded
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_ctrl_c_while_the_first_worker_starts_is_quiet(tmp_path):
+    """Ctrl-C while the pool's first worker is still being forked (the fork server imports
+    torch first, for seconds): the sweep exits 130 and no worker is born after it to print a
+    traceback about the pool's vanished semaphores (it did)."""
+    study = write_study(tmp_path / "slow.toml", SLOW_STUDY)
+    cmd = [sys.executable, "-m", "grapes_hw.cli", "sweep", str(study), "--out",
+           str(tmp_path / "out"), "--workers", "1"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         start_new_session=True)
+    try:
+        assert p.stdout.readline().startswith(b"study slow")  # the pool starts next
+        time.sleep(0.5)
+        os.kill(p.pid, signal.SIGINT)
+        p.wait(timeout=60)
+        left = _wait_group_gone(p.pid, 30)
+    finally:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    err = p.stderr.read().decode()
+    assert left == [] and p.returncode == 130, (left, p.returncode, err)
+    assert "interrupted" in err and "Traceback" not in err, err
+
+
 # ---- local pool vs Dask, dying workers, diverged and failing runs ---------------------------
 POOL_STUDY = """
 [study]

@@ -4,8 +4,10 @@ requeued, a broken pool replaced) and Dask.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import signal
 import socket
 import threading
 import time
@@ -103,9 +105,10 @@ def _run_local(specs: list[RunSpec], workers: int, threads: int | None,
     try:
         while pending or inflight:
             # At most `workers` runs in flight, so every in-flight run is really running.
-            while pending and len(inflight) < workers:
-                s = pending.popleft()
-                inflight[pool.submit(run_one, s.config_dict(), s.key, threads)] = s
+            with _signals_deferred():
+                while pending and len(inflight) < workers:
+                    s = pending.popleft()
+                    inflight[pool.submit(run_one, s.config_dict(), s.key, threads)] = s
             done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
             broken = False
             for f in done:
@@ -131,6 +134,30 @@ def _run_local(specs: list[RunSpec], workers: int, threads: int | None,
         if inflight:  # interrupted (Ctrl-C, SIGTERM) or failed: stop the runs still going
             _kill_workers(pool)
         pool.shutdown(wait=not inflight, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Hold Ctrl-C and SIGTERM until the block ends, then deliver them.
+
+    ``submit`` starts a worker, and waits for the fork server to fork it (seconds, the first
+    time: the server imports torch first). Interrupted there, the sweep did not yet know the
+    worker's pid, so could not kill it; the worker, born after the sweep had gone, printed a
+    traceback on finding the pool's semaphores removed. Delivered after ``submit``, the
+    interrupt finds every worker in the pool, where the ``finally`` kills it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda n, _f: caught.append(n)) for sig in sigs}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(caught):
+            signal.raise_signal(sig)
 
 
 ORPHAN_CHECK_S = 1.0
