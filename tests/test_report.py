@@ -425,6 +425,89 @@ def test_resolved_snu_settings_group_only_where_they_split_runs():
     assert any(f.startswith("snu") for f in an2.group_fields) and len(an2.groups) == 6
 
 
+def test_a_cnn_architecture_record_is_no_grouping_column():
+    """config.cnn (the resolved architecture) differs between an analog tile and a digital
+    backend (exact_conv_kernels): that split follows the backend, so the table groups by
+    backend alone (the cnn study's report had the whole record as a column)."""
+    from grapes_hw.studies.analysis import analyse
+
+    def run(backend, seed):
+        r = make_run(backend, "sgd", "off", 0.1, seed)
+        r["config"].update(model="cnn", cnn={"conv": "16:5", "exact_conv_kernels":
+                                             backend != "fixed8"})
+        return r
+
+    an = analyse([run(b, s) for b in ("float32", "fixed8") for s in (0, 1)])
+    assert an.group_fields == ["backend"] and "cnn" not in an.fixed and len(an.groups) == 2
+
+
+def test_axis_labels_name_several_context_fields_backend_first_unset_left_out():
+    """With a setting that only some backends use (PCM on a training subset), an x label
+    reads "pcm-insitu, train_subset=10000" and "float32", not "10000 pcm-insitu" and
+    "none float32"; a legend repeats no setting that is the same for every plotted run."""
+    from grapes_hw.studies.analysis import analyse
+    from grapes_hw.studies.plots import _same_in, context_text
+
+    def run(backend, subset, seed):
+        r = make_run(backend, "sgd", "off", 0.1, seed)
+        r["config"]["train_subset"] = subset
+        return r
+
+    runs = [run("float32", None, s) for s in (0, 1)] + [run("fixed8", 500, s) for s in (0, 1)]
+    an = analyse(runs)
+    assert set(an.context_fields) == {"backend", "train_subset"}
+    labels = {context_text(an, g.context) for g in an.groups}
+    assert labels == {"float32", "fixed8, train_subset=500"}
+    assert "train_subset" not in _same_in(an, an.runs)
+    assert "train_subset" in _same_in(an, an.runs[:2])  # only float32's runs: all unset
+    one = analyse([run("float32", None, s) for s in (0, 1)] + [run("fixed8", None, 0)])
+    assert context_text(one, one.groups[0].context) == "float32"
+
+
+def test_a_setting_with_one_value_per_device_goes_with_the_device_in_tuning_tables():
+    """A tuning group's label names what tells groups apart; a setting that each device has
+    one value of (train_subset only on PCM) is the device's, not the rule's, and an unset one
+    is not printed ("sgd, train_subset=none" was)."""
+    from grapes_hw.studies.report_tuning import _per_device, _rule_of
+
+    def first(backend, opt):
+        return {"config": {"backend": backend, "optimizer": opt, "grapes": "off"},
+                "device_model": {"name": backend}}
+
+    groups = [(first(b, o), {"backend": b, "optimizer": o, "train_subset": n,
+                             "layers": [64] if o == "sgd" else [128]})
+              for b, n in (("float32", None), ("pcm", 10000)) for o in ("sgd", "momentum")]
+    per_device = _per_device(groups)
+    assert per_device == {"train_subset"}  # layers differ within a device: the rule's
+    assert _rule_of(*groups[0], per_device) == ("float32", "sgd, layers=64")
+    assert _rule_of(*groups[3], per_device) == ("pcm, train_subset=10000", "momentum, layers=128")
+
+
+def test_figure_titles_wrap_to_the_figure_width():
+    """A title line longer than a narrow figure is wide is broken (it ran into the axes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from grapes_hw.studies.analysis import Facts
+    from grapes_hw.studies.plots import _title
+
+    facts = Facts(datasets=["fashion-mnist"], networks=["CNN 1x28x28, conv 16:5,32:5 (each + "
+                                                        "2x2 max pool), dense 1568-256-10"],
+                  epochs=[10], epochs_run=(10, 10), seeds=[0, 1, 2], n_per_cell=(3, 3),
+                  n_groups=8)
+    fig = plt.figure(figsize=(5, 4))
+    note = " (mean ± std over seeds, n = 1-3, marked where not 3; no bar where n = 1)"
+    n = _title(fig, "Slowness of the plateau fit, accepted fits only (lower is faster)", facts,
+               note)
+    text = fig.texts[0].get_text()
+    plt.close(fig)
+    assert n == text.count("\n") + 1 and n > 3
+    assert max(len(line) for line in text.split("\n")) <= 5 * 13
+    assert text.replace("\n", " ").startswith("Slowness of the plateau fit")
+
+
 def test_plot_labels_stay_short_for_a_study_of_architectures():
     """Equal hidden widths print as 4x128 on plot axes and panel titles, and a title lists
     the networks only while there are at most 3 (a depth study has them on the axis)."""

@@ -46,9 +46,10 @@ defaults): left out of its label, ignored when it is chosen as a GRAPES group's 
 IGNORED_FIELDS = ("seed", "data_dir", "download", "lr_effective", "lr_scale", "lr_source")
 """Settings never used for grouping (seeds are what mean/std run over)."""
 
-DERIVED_FIELDS = ("snu",)
+DERIVED_FIELDS = ("snu", "cnn")
 """Settings a run records after resolving them from others (``config.snu``: the SNU/sSNU
-parameters with the model's defaults filled in). They are grouped on only where they split
+parameters with the model's defaults filled in; ``config.cnn``: the CNN's resolved
+architecture, which also says whether the backend ran the exact convolution kernels). They are grouped on only where they split
 runs that the other settings put together (e.g. a study varying ``extra.snu``); otherwise
 they only repeat the model in every row."""
 

@@ -15,6 +15,7 @@ Over 400 lines: one function per figure, all sharing ``Style`` and the panel hel
 from __future__ import annotations
 
 import math
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -74,9 +75,15 @@ class Style:
                 "markerfacecolor": "white" if hollow else c}
 
 
-def _title(fig, what: str, facts: Facts, n_note: str = "") -> None:
-    # (a long facts line, e.g. a CNN's conv stack, breaks rather than running off the figure)
-    fig.suptitle(f"{what}{n_note}\n{facts.title_lines()}", fontsize=10)
+def _title(fig, what: str, facts: Facts, n_note: str = "") -> int:
+    """The figure's title, every line wrapped to the figure's width (a long line, e.g. a CNN's
+    conv stack or a note on n, would run off a narrow figure into the axes); returns its
+    number of lines."""
+    chars = max(40, int(fig.get_figwidth() * 13))  # ~13 characters per inch at 10 pt
+    lines = f"{what}{n_note}\n{facts.title_lines()}".split("\n")
+    text = "\n".join(textwrap.fill(line, chars) for line in lines)
+    fig.suptitle(text, fontsize=10)
+    return text.count("\n") + 1
 
 
 def _n_note(ns: list[int]) -> str:
@@ -122,13 +129,36 @@ def compact(value: str) -> str:
     return value
 
 
-def _ctx_text(an: Analysis, ctx: tuple) -> str:
-    return " ".join(compact(v) for v in ctx) if ctx else "all runs"
+_BARE_FIELDS = ("backend", "model")
+"""Context fields whose value names itself on an axis (``fixed8``, ``snu``); any other field
+is written ``name=value`` where a context has several fields (``train_subset=10000``), and
+left out where it is unset (``none``)."""
+
+
+def context_text(an: Analysis, ctx: tuple) -> str:
+    """An x tick label: the context's values, the backend (or model) first."""
+    if not ctx:
+        return "all runs"
+    pairs = list(zip(an.context_fields, ctx, strict=True))
+    if len(pairs) == 1:
+        return compact(ctx[0])
+    pairs.sort(key=lambda kv: kv[0] not in _BARE_FIELDS)
+    return ", ".join(compact(v) if k in _BARE_FIELDS else f"{k}={compact(v)}" for k, v in pairs
+                     if k in _BARE_FIELDS or v != "none") or "all runs"
+
+
+def _ctx_axis_label(an: Analysis) -> str:
+    return ", ".join(sorted(an.context_fields, key=lambda k: k not in _BARE_FIELDS))
 
 
 def _panel_title(an: Analysis, ctx: tuple) -> str:
-    return " ".join(f"{k}={compact(v)}" for k, v in zip(an.context_fields, ctx, strict=True)) \
-        or "all runs"
+    """A panel's context, every field named (``backend=float32``); with several fields the
+    backend first and unset ones (``none``) left out, as on the x axes."""
+    pairs = list(zip(an.context_fields, ctx, strict=True))
+    if len(pairs) > 1:
+        pairs = sorted(((k, v) for k, v in pairs if k in _BARE_FIELDS or v != "none"),
+                       key=lambda kv: kv[0] not in _BARE_FIELDS)
+    return ", ".join(f"{k}={compact(v)}" for k, v in pairs) or "all runs"
 
 
 def _errorbar(ax, xs, stats, **kw) -> None:
@@ -184,12 +214,12 @@ def _dots(ax, an: Analysis, style: Style, metric: str, ctxs: list[tuple], log: b
             ax.set_ylim(bottom=floor / 2)
     ax.set_xticks(range(len(ctxs)))
     many = len(ctxs) > 4
-    ax.set_xticklabels([_ctx_text(an, c) for c in ctxs], rotation=45 if many else 0,
+    ax.set_xticklabels([context_text(an, c) for c in ctxs], rotation=45 if many else 0,
                        ha="right" if many else "center", fontsize=8)
     ax.set_xlim(-0.6, len(ctxs) - 0.4)
     ax.margins(y=0.12)  # no point on the frame
     if an.context_fields:
-        ax.set_xlabel(" ".join(an.context_fields), fontsize=8)
+        ax.set_xlabel(_ctx_axis_label(an), fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return ns
 
@@ -215,7 +245,10 @@ def metric_plot(an: Analysis, facts: Facts, metric: str, path: Path, ylabel: str
     if chance is not None and low < 2 * chance:  # only where some point comes near it
         ax.axhline(chance, color="0.4", ls=":", lw=1, label=f"chance (1/{round(1 / chance)})")
     ax.set_ylabel(ylabel)
-    _title(fig, what, facts, _n_note(ns))
+    title_lines = _title(fig, what, facts, _n_note(ns))
+    # room for the axes besides the title's lines and the (rotated) x labels
+    longest = max(len(context_text(an, c)) for c in ctxs)
+    fig.set_figheight(3.0 + 0.18 * title_lines + (0.055 * longest if len(ctxs) > 4 else 0.3))
     fig.tight_layout()
     _save(fig, path, _handles([ax]))
     return True
@@ -423,6 +456,14 @@ def _extra(an: Analysis, g, drop: tuple[str, ...] = ("backend",)) -> str:
     return ", ".join(f"{k}={v}" for k, v in pairs if k not in drop)
 
 
+def _same_in(an: Analysis, runs: list[dict]) -> tuple[str, ...]:
+    """``backend`` and the context fields with one value over ``runs`` (the runs a plot
+    draws): naming them in every legend entry would tell no series apart."""
+    ctxs = {an.group_of(r).context for r in runs}
+    return ("backend", *(k for i, k in enumerate(an.context_fields)
+                         if len({c[i] for c in ctxs}) <= 1))
+
+
 def _series(style: Style, method: tuple, extra: str) -> str:
     return ", ".join(p for p in (style.label(method), extra) if p)
 
@@ -440,6 +481,9 @@ def acc_vs_bits(an: Analysis, facts: Facts, path: Path) -> list[list[Any]] | Non
     keys = sorted({k for p in params_of.values() for k in p})
     split = [k for k in keys if len({p.get(k) for p in params_of.values()}) > 1]
     noise_varies = len({device_noise(r) for r in fixed_runs}) > 1
+    float_runs = [r for r in an.runs if is_float_device(r) and r.get("status") in FINISHED
+                  and device_noise(r) == (0, 0) and not other_noise(r)]
+    drop = _same_in(an, fixed_runs + float_runs)
     # (variant panel, method, series label) -> bits -> values
     series: dict[tuple, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in fixed_runs:
@@ -448,14 +492,12 @@ def acc_vs_bits(an: Analysis, facts: Facts, path: Path) -> list[list[Any]] | Non
         if noise_varies:
             rs, ws = device_noise(r)
             var.append(f"read σ={rs:g}, write σ={ws:g}")
-        series[(", ".join(var), g.method, _extra(an, g))][device_bits(r)].append(
+        series[(", ".join(var), g.method, _extra(an, g, drop))][device_bits(r)].append(
             r.get("best_test_acc"))
     floats: dict[tuple, list[float]] = defaultdict(list)
-    for r in an.runs:
-        if is_float_device(r) and r.get("status") in FINISHED and device_noise(r) == (0, 0) \
-                and not other_noise(r):
-            g = an.group_of(r)
-            floats[(g.method, _extra(an, g))].append(r.get("best_test_acc"))
+    for r in float_runs:
+        g = an.group_of(r)
+        floats[(g.method, _extra(an, g, drop))].append(r.get("best_test_acc"))
     # A panel needs >= 2 bit widths to show a trend; none such: no plot.
     bits_of: dict[str, set] = defaultdict(set)
     for (v, _, _), pts in series.items():
@@ -523,6 +565,7 @@ def acc_vs_noise(an: Analysis, facts: Facts, path: Path) -> list[list[Any]] | No
         return str((dm.get("params") or {}).get("dtype") or dm.get("backend", "?"))
 
     bases = list(dict.fromkeys(base(r) for r in sorted(fin, key=device_sort_key)))
+    drop = _same_in(an, fin)
     panels = []
     for which, other, xlabel in ((0, 1, "read noise σ (% of the weight range)"),
                                  (1, 0, "write noise σ (% of each update)")):
@@ -531,7 +574,7 @@ def acc_vs_noise(an: Analysis, facts: Facts, path: Path) -> list[list[Any]] | No
             sig = device_noise(r)
             if sig[other] == 0.0:
                 g = an.group_of(r)
-                series[(g.method, _extra(an, g), base(r))][sig[which]].append(
+                series[(g.method, _extra(an, g, drop), base(r))][sig[which]].append(
                     r.get("best_test_acc"))
         series = {k: v for k, v in series.items() if len(v) >= 2}
         if series:

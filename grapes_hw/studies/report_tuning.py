@@ -56,17 +56,36 @@ def _run_metric(r: dict, metric: str) -> float:
     return math.nan if v is None else v
 
 
-def _rule_of(run: dict, label: dict) -> tuple[str, str]:
+_RULE_KEYS = ("backend", "optimizer", "grapes", "lr_matched")
+
+
+def _rule_of(run: dict, label: dict, per_device: frozenset = frozenset()) -> tuple[str, str]:
     """(device, rule) of a tuning group, from one of its runs' config (all settings, not only
-    those that vary) and the group's label (other varying settings)."""
+    those that vary) and the group's label (other varying settings). Settings in
+    ``per_device`` (one value per device, e.g. a training subset only PCM uses) go with the
+    device, unset ones left out; the others with the rule."""
     c = run.get("config") or {}
     device = (run.get("device_model") or {}).get("name") or disp(c.get("backend", ""))
     head = method_label({"optimizer": disp(c.get("optimizer", "")),
                          "grapes": disp(c.get("grapes", "off")),
                          "lr_matched": disp(c.get("lr_matched", False))})
     rest = [f"{k}={disp(v)}" for k, v in label.items()
-            if k not in ("backend", "optimizer", "grapes", "lr_matched")]
-    return device, ", ".join([head, *rest])
+            if k not in _RULE_KEYS and k not in per_device]
+    where = [f"{k}={disp(v)}" for k, v in label.items()
+             if k in per_device and disp(v) != "none"]
+    return ", ".join([device, *where]), ", ".join([head, *rest])
+
+
+def _per_device(groups: list[tuple[dict, dict]]) -> frozenset:
+    """Label settings with one value per device over the tuning groups ((first run, label)
+    pairs): they describe the device's setting, not the rule."""
+    values: dict[str, dict[str, set]] = defaultdict(lambda: defaultdict(set))
+    for run, label in groups:
+        device = _rule_of(run, {})[0]
+        for k, v in label.items():
+            if k not in _RULE_KEYS:
+                values[k][device].add(disp(v))
+    return frozenset(k for k, by in values.items() if all(len(v) == 1 for v in by.values()))
 
 
 # ---- tuning --------------------------------------------------------------------------------
@@ -92,9 +111,11 @@ def tuning_section(an: Analysis, d: Path, facts: Facts) -> tuple[list[str], list
     header = ["backend", "rule", *[f"{field}={disp(v)}" for v in values], "chosen", "note"]
     rows, csv_rows = [], []
     order = [g for g in groups if g in by_group] + [g for g in by_group if g not in groups]
+    per_device = _per_device([(first[gid], groups.get(gid, {}).get("label") or {})
+                              for gid in order])
     for gid in order:
         g = groups.get(gid, {})
-        device, rule = _rule_of(first[gid], g.get("label") or {})
+        device, rule = _rule_of(first[gid], g.get("label") or {}, per_device)
         cells = []
         for v in values:
             ms = by_group[gid].get(v, [])
@@ -121,7 +142,6 @@ def tuning_section(an: Analysis, d: Path, facts: Facts) -> tuple[list[str], list
         files.append("tuning.png")
     what = ("best validation accuracy over the epochs" if metric == "val_acc"
             else "validation accuracy after the last epoch")
-    tuning_facts = _tuning_facts(runs)
     lines = ["## Tuning", "",
              f"Each group (backend x rule) first trained every {field} below on a seeded "
              f"validation split of the training set ({tuning_facts}); the metric is "
@@ -195,10 +215,15 @@ def _tuning_plot(an: Analysis, rows: list[list[Any]], field: str, metric: str, w
     plt = _plt()
     backends = list(dict.fromkeys(r[0] for r in rows))
     rules = list(dict.fromkeys(r[1] for r in rows))
-    fig, axes = plt.subplots(1, len(backends), figsize=(3.6 * len(backends), 3.0),
-                             sharey=True, squeeze=False)
+    ncols = min(len(backends), 4)
+    nrows = -(-len(backends) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols + 2.4, 2.8 * nrows + 0.7),
+                             sharey=True, squeeze=False, layout="constrained")
+    flat_axes = [ax for row in axes for ax in row]
+    for ax in flat_axes[len(backends):]:
+        ax.set_visible(False)
     numeric = all(isinstance(r[2], (int, float)) for r in rows)
-    for ax, b in zip(axes[0], backends, strict=True):
+    for ax, b in zip(flat_axes, backends, strict=False):
         for i, rule in enumerate(rules):
             sel = [r for r in rows if r[0] == b and r[1] == rule]
             if not sel:
@@ -214,19 +239,21 @@ def _tuning_plot(an: Analysis, rows: list[list[Any]], field: str, metric: str, w
         if numeric:
             ax.set_xscale("log")
         ax.set_title(b, fontsize=9)
-        ax.set_xlabel(field)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(f"{metric} (tuning runs)")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    for ax in axes[0][1:]:
+    for i, ax in enumerate(flat_axes[:len(backends)]):
+        if i + ncols >= len(backends):  # no panel below it
+            ax.set_xlabel(field)
+    for row in axes:
+        row[0].set_ylabel(f"{metric} (tuning runs)")
+    handles, labels = flat_axes[0].get_legend_handles_labels()
+    for ax in flat_axes[1:len(backends)]:
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
-    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.9), fontsize=8,
-               frameon=False)
+    fig.legend(handles, labels, loc="outside right upper", fontsize=8, frameon=False)
     fig.suptitle(f"Tuning: {metric} vs {field}, one tuning run per point (ring: the value "
-                 f"chosen)\n{what}", fontsize=10, y=1.08)
+                 f"chosen)\n{what}", fontsize=10)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return True
@@ -394,7 +421,7 @@ def equal_lr_rows(an: Analysis) -> list[list[Any]]:
 
 
 def _saturation_plot(an: Analysis, facts: Facts, path: Path) -> bool:
-    from grapes_hw.studies.plots import Style
+    from grapes_hw.studies.plots import Style, context_text
 
     groups = [g for g in an.groups
               if any(L.get("near_saturation") is not None for r in g.finished()
@@ -423,7 +450,8 @@ def _saturation_plot(an: Analysis, facts: Facts, path: Path) -> bool:
                 ax.plot(range(1, n_ep + 1), ys, label=style.label(g.method), markersize=4, **kw)
             backend = {disp((r.get("config") or {}).get("backend")) for g in groups
                        if g.context == ctx for r in g.finished()}
-            ax.set_title(f"{' '.join(ctx) or '/'.join(sorted(backend))}, layer {li + 1}",
+            where = context_text(an, ctx) if ctx else "/".join(sorted(backend))
+            ax.set_title(f"{where}, layer {li + 1}",
                          fontsize=8)
             ax.xaxis.get_major_locator().set_params(integer=True)
             ax.grid(alpha=0.3)
