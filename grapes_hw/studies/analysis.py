@@ -49,9 +49,9 @@ IGNORED_FIELDS = ("seed", "data_dir", "download", "lr_effective", "lr_scale", "l
 DERIVED_FIELDS = ("snu", "cnn")
 """Settings a run records after resolving them from others (``config.snu``: the SNU/sSNU
 parameters with the model's defaults filled in; ``config.cnn``: the CNN's resolved
-architecture, which also says whether the backend ran the exact convolution kernels). They are grouped on only where they split
-runs that the other settings put together (e.g. a study varying ``extra.snu``); otherwise
-they only repeat the model in every row."""
+architecture, which also says whether the backend ran the exact convolution kernels).
+They are grouped on only where they split runs that the other settings put together (e.g. a
+study varying ``extra.snu``); otherwise they only repeat the model in every row."""
 
 FINISHED = ("ok", "diverged")
 """Statuses whose metrics enter the means (a diverged run keeps its best epoch before)."""
