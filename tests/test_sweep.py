@@ -418,6 +418,49 @@ backend = ["float32", "{model}"]
     assert s.ran == 1 and s.statuses == {"ok": 2}
 
 
+def test_a_data_error_with_a_hint_shows_its_first_line_not_the_hint(tmp_path):
+    """A DataError's message goes on with a hint on further lines; the progress line and the
+    report's flag showed only the traceback's last line, i.e. the end of the hint, and not
+    what went wrong."""
+    from grapes_hw.studies.analysis import analyse
+
+    (tmp_path / "empty").mkdir()
+    study = load_study(write_study(tmp_path / "s.toml", f"""
+[base]
+dataset = "fashion-mnist"
+data_dir = "{tmp_path / 'empty'}"
+download = false
+layers = [8]
+epochs = 1
+"""))
+    out = tmp_path / "out"
+    printed: list[str] = []
+    s = run_sweep(study, out=str(out), workers=1, log=printed.append)
+    assert s.statuses == {"error": 1}
+    rec = lines(out / RUNS_FILE)[0]
+    assert len(rec["error"].strip().splitlines()[-1]) and "\n" in rec["error"].strip()
+    said = next(p for p in printed if " error " in p)
+    assert "(DataError: --data-dir" in said and "no fashion-mnist files there" in said
+    assert rec["error_summary"].startswith("DataError: --data-dir")
+    flags = dict(analyse([rec]).runs[0]["flags"])
+    assert flags["error"].startswith("DataError: --data-dir")
+
+
+def test_an_older_error_record_is_summarised_by_its_exception_line():
+    """Records written before ``error_summary``: the traceback's exception line is found
+    even when the message's hint lines follow it."""
+    from grapes_hw.studies.store import error_line
+
+    tb = ('Traceback (most recent call last):\n  File "x.py", line 1, in <module>\n'
+          '    load()\ngrapes_hw.errors.DataError: fashion-mnist: files not found\n'
+          '  (install the Debian package dataset-fashion-mnist)\n')
+    assert error_line({"error": tb}) == "grapes_hw.errors.DataError: fashion-mnist: files not found"
+    assert error_line({"error": "the worker process running this run died 3 times"}) == \
+        "the worker process running this run died 3 times"
+    assert error_line({"error": tb, "error_summary": "DataError: x"}) == "DataError: x"
+    assert error_line({}) == "?"
+
+
 def test_second_sweep_on_same_dir_refused(tmp_path):
     from grapes_hw.studies.store import LOCK_FILE, _Lock
 

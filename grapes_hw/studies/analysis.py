@@ -32,7 +32,13 @@ from typing import Any
 import numpy as np
 
 from grapes_hw.errors import ConfigError
-from grapes_hw.studies.store import RUNS_FILE, STUDY_FILE, latest_by_key, read_runs
+from grapes_hw.studies.store import (
+    RUNS_FILE,
+    STUDY_FILE,
+    error_line,
+    latest_by_key,
+    read_runs,
+)
 from grapes_hw.training.metrics import CHANCE_MARGIN, chance_level, fit_plateau
 
 METHOD_FIELDS = ("optimizer", "grapes", "lr", "momentum", "lr_matched", "grapes_lower",
@@ -246,8 +252,7 @@ def recheck(run: dict) -> dict:
     flags: list[tuple[str, str]] = []
     status = run.get("status")
     if status == "error":
-        last = (run.get("error") or "").strip().splitlines()[-1:] or ["?"]
-        flags.append(("error", last[0][:200]))
+        flags.append(("error", error_line(run)[:200]))
     elif status == "diverged":
         flags.append(("diverged", f"diverged in epoch {run.get('diverged_epoch')}"))
     elif status != "ok":

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from grapes_hw.errors import ConfigError
 from grapes_hw.studies.spec import RunSpec
+from grapes_hw.studies.store import error_line, exception_summary
 
 MAX_WORKER_DEATHS = 3
 """A run whose worker process died this many times is recorded as an error."""
@@ -49,7 +50,7 @@ def run_one(config: dict, key: str, threads: int | None = None) -> dict:
         result = run(cfg)
     except Exception as e:  # noqa: BLE001 - a failing run is recorded, the sweep goes on
         rec = error_record(key, config, traceback.format_exc(), type(e).__name__,
-                           seconds=time.time() - t0)
+                           seconds=time.time() - t0, summary=exception_summary(e))
     else:
         rec = {"key": key, **result}
     rec["worker"] = {"host": socket.gethostname(), "pid": os.getpid(), "started": t0,
@@ -67,8 +68,11 @@ def _limit_threads(n: int) -> None:
 
 
 def error_record(key: str, config: dict, text: str, kind: str = "Error",
-                 seconds: float = 0.0) -> dict:
+                 seconds: float = 0.0, summary: str | None = None) -> dict:
+    """A failed run's record: ``error`` the traceback (or message), ``error_summary`` one
+    line for progress lines and reports (``store.error_line``)."""
     return {"key": key, "status": "error", "error": text, "error_type": kind,
+            "error_summary": summary or error_line({"error": text}),
             "config": config, "epochs": [], "best_test_acc": None, "final_test_acc": None,
             "slowness": None, "seconds_total": seconds}
 
@@ -241,7 +245,8 @@ def _run_dask(specs: list[RunSpec], client, on_result: Submit) -> None:
             res = f.result()
         except Exception as e:  # noqa: BLE001 - KilledWorker (died too often), lost data
             res = error_record(s.key, s.config_dict(), "".join(
-                traceback.format_exception_only(type(e), e)), type(e).__name__)
+                traceback.format_exception_only(type(e), e)), type(e).__name__,
+                summary=exception_summary(e))
         on_result(res)
         f.release()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,28 @@ def latest_by_key(records: list[dict]) -> dict[str, dict]:
         out.pop(r["key"], None)
         out[r["key"]] = r
     return out
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*: \S")
+
+
+def exception_summary(e: BaseException) -> str:
+    """``Type: first line of the message`` (a message may go on with hints on more lines)."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def error_line(rec: dict) -> str:
+    """One line saying why a run failed: the record's ``error_summary``, or (a record written
+    before there was one) the traceback's exception line, not its last line, which for a
+    message of several lines is only the message's end (a data error showed its hint)."""
+    if rec.get("error_summary"):
+        return str(rec["error_summary"])
+    lines = [ln for ln in (rec.get("error") or "").strip().splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if _EXCEPTION_LINE.match(ln):
+            return ln
+    return lines[-1].strip() if lines else "?"
 
 
 def append_record(path: str | Path, record: dict) -> None:

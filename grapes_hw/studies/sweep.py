@@ -37,6 +37,7 @@ from grapes_hw.studies.store import (
     _Lock,
     append_record,
     check_out_dir,
+    error_line,
     latest_by_key,
     read_runs,
     write_json_atomic,
@@ -270,8 +271,7 @@ def _execute(study: Study, todo: list[RunSpec], n_total: int, skipped: int,
             msg = (f"[{skipped + ran[0]}/{n_total}] {res.get('status'):8s} {what} "
                    f"{acc if acc is not None else float('nan'):.4f}  {label_text(spec.label)}")
             if res.get("status") == "error":
-                last = (res.get("error") or "").strip().splitlines()[-1:] or [""]
-                msg += f"  ({last[0]})"
+                msg += f"  ({error_line(res)})"
             if bar.disable:
                 log(msg)
             else:
