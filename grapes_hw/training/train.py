@@ -75,14 +75,6 @@ def build_snu_run(cfg, model, data, x_train, optimizer):
                     _NoFeedback(), {"snu": to_dict(net.params)}, drift=False)
 
 
-def run_snu(cfg, *, progress: bool = False, on_epoch=None, dataset=None) -> dict:
-    """``run`` for ``--model snu|ssnu``."""
-    return run_model(cfg, build_snu_run, progress=progress, on_epoch=on_epoch, dataset=dataset)
-
-
-__all__ = ["build_snu_network", "build_snu_run", "run_snu"]
-
-
 # ---- building and running ------------------------------------------------------------------
 def build_cnn(cfg, model, image_shape: tuple[int, int], n_classes: int,
               in_channels: int = 1) -> ConvNet:
@@ -143,14 +135,6 @@ def build_cnn_run(cfg, model, data, x_train, optimizer):
                     {"cnn": describe(net, spec)})
 
 
-def run_cnn(cfg, *, progress: bool = False, on_epoch=None, dataset=None) -> dict:
-    """``run`` for ``--model cnn``."""
-    return run_model(cfg, build_cnn_run, progress=progress, on_epoch=on_epoch, dataset=dataset)
-
-
-__all__ = ["build_cnn", "build_cnn_run", "run_cnn"]
-
-
 def build_mlp(cfg: TrainConfig, model, data, x_train, optimizer) -> ModelRun:
     """The MLP's network (``build_network``), credit assignment and learner."""
     net = build_network(cfg, model, x_train.shape[1], data.n_classes)
@@ -161,15 +145,8 @@ def build_mlp(cfg: TrainConfig, model, data, x_train, optimizer) -> ModelRun:
 
 
 def _builder(name: str):
-    if name == "mlp":
-        return build_mlp
-    if name == "cnn":
-        pass
-
-        return build_cnn_run
-    pass
-
-    return build_snu_run
+    """The builder of ``--model name``: mlp, cnn, or snu/ssnu."""
+    return {"mlp": build_mlp, "cnn": build_cnn_run}.get(name, build_snu_run)
 
 
 def run(cfg: TrainConfig, *, progress: bool = False,
@@ -183,5 +160,5 @@ def run(cfg: TrainConfig, *, progress: bool = False,
                      dataset=dataset)
 
 
-def with_overrides(cfg: TrainConfig, **kw) -> TrainConfig:
-    return cfg.replace(**kw)
+__all__ = ["build_cnn", "build_cnn_run", "build_mlp", "build_snu_network", "build_snu_run",
+           "run"]
