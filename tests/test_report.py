@@ -483,6 +483,39 @@ def test_a_setting_with_one_value_per_device_goes_with_the_device_in_tuning_tabl
     assert _rule_of(*groups[3], per_device) == ("pcm, train_subset=10000", "momentum, layers=128")
 
 
+def test_a_depth_study_gets_accuracy_and_slowness_vs_depth_per_width(tmp_path):
+    """The paper's Fig. 4b-c: with ``layers`` the only varying setting and equal-width
+    networks of several depths, acc_vs_depth.csv holds, per rule, width and depth, the same
+    mean / std / n as the group; networks of unequal widths get no such plot."""
+    from grapes_hw.studies.analysis import analyse
+    from grapes_hw.studies.analysis import facts as facts_of
+    from grapes_hw.studies.plots import acc_vs_depth
+
+    def run(layers, grapes, seed):
+        r = make_run("float32", "sgd", grapes, 0.1, seed)
+        r["key"] = f"{layers}-{grapes}-{seed}"
+        r["config"]["layers"] = layers
+        r["best_test_acc"] = 0.8 + 0.01 * len(layers) + (0.02 if grapes != "off" else 0) \
+            + 0.001 * seed + 0.0001 * layers[0]
+        return r
+
+    nets = [[8, 8], [8, 8, 8, 8], [16, 16], [16, 16, 16, 16], [16] * 6]
+    runs = [run(n, g, s) for n in nets for g in ("off", "propagating") for s in (0, 1)]
+    an = analyse(runs)
+    rows = acc_vs_depth(an, facts_of(an), tmp_path / "d.png")
+    assert rows is not None and (tmp_path / "d.png").is_file()
+    acc = {(r[0], r[1], r[2]): r[4:] for r in rows if r[3] == "best_test_acc"}
+    assert set(acc) == {(rule, w, d) for rule in ("sgd", "sgd + GRAPES (propagating)")
+                        for w, d in ((8, 2), (8, 4), (16, 2), (16, 4), (16, 6))}
+    for g in an.groups:
+        w, d = int(g.context[0].split("-")[0]), len(g.context[0].split("-"))
+        assert acc[(an.label_of(g.method), w, d)] == list(g.stat("best_test_acc"))
+    assert acc[("sgd", 16, 6)][0] == pytest.approx(0.8 + 0.06 + 0.0005 + 0.0016)
+    assert {r[3] for r in rows} == {"best_test_acc", "slowness"}
+    mixed = analyse([run(n, "off", s) for n in ([8, 4], [8, 8]) for s in (0, 1)])
+    assert acc_vs_depth(mixed, facts_of(mixed), tmp_path / "m.png") is None
+
+
 def test_figure_titles_wrap_to_the_figure_width():
     """A title line longer than a narrow figure is wide is broken (it ran into the axes)."""
     import matplotlib

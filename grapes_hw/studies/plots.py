@@ -468,6 +468,67 @@ def _series(style: Style, method: tuple, extra: str) -> str:
     return ", ".join(p for p in (style.label(method), extra) if p)
 
 
+def _uniform_widths(value: str) -> tuple[int, int] | None:
+    """(width, depth) of a ``layers`` value of equal hidden widths (``128-128-128``)."""
+    parts = value.split("-")
+    if parts and all(p.isdigit() for p in parts) and len(set(parts)) == 1:
+        return int(parts[0]), len(parts)
+    return None
+
+
+DEPTH_METRICS = (("best_test_acc", "best test accuracy"),
+                 ("slowness", "slowness (epochs to half plateau)"))
+"""The rows of ``acc_vs_depth``: the paper's Fig. 4b-c measures (accepted fits only)."""
+
+
+def acc_vs_depth(an: Analysis, facts: Facts, path: Path) -> list[list[Any]] | None:
+    """Best test accuracy and slowness vs the number of hidden layers, a column per width,
+    a line per rule (the paper's Fig. 4b-c); returns CSV rows ``[rule, width, depth, metric,
+    mean, std, n]``. None (no file) unless ``layers`` is the only context field and some
+    width has >= 2 depths of equal-width networks."""
+    if an.context_fields != ["layers"]:
+        return None
+    shape = {g.context: _uniform_widths(g.context[0]) for g in an.groups}
+    if any(v is None for v in shape.values()):
+        return None
+    depths: dict[int, set[int]] = defaultdict(set)
+    for w, dep in shape.values():
+        depths[w].add(dep)
+    widths = sorted(w for w, ds in depths.items() if len(ds) >= 2)
+    if not widths:
+        return None
+    style = Style(an)
+    plt = _plt()
+    fig, axes = plt.subplots(len(DEPTH_METRICS), len(widths), squeeze=False, sharey="row",
+                             figsize=(3.4 * len(widths) + 2.2, 2.9 * len(DEPTH_METRICS) + 0.9))
+    rows: list[list[Any]] = []
+    ns: list[int] = []
+    for i, (metric, ylabel) in enumerate(DEPTH_METRICS):
+        for j, w in enumerate(widths):
+            ax = axes[i][j]
+            for m in style.methods:
+                pts = sorted((shape[g.context][1], g.stat(metric)) for g in an.groups
+                             if g.method == m and shape[g.context][0] == w and g.stat(metric)[2])
+                if not pts:
+                    continue
+                _errorbar(ax, [d for d, _ in pts], [st for _, st in pts], ms=5,
+                          label=style.label(m), **style.kw(m))
+                ns += [st[2] for _, st in pts]
+                rows += [[style.label(m), w, d, metric, *st] for d, st in pts]
+            ax.set_xticks(sorted(depths[w]))
+            ax.grid(alpha=0.3)
+            if i == 0:
+                ax.set_title(f"width {w}", fontsize=9)
+            if i == len(DEPTH_METRICS) - 1:
+                ax.set_xlabel("hidden layers")
+            if j == 0:
+                ax.set_ylabel(ylabel, fontsize=8)
+    _title(fig, "Best test accuracy and slowness vs depth", facts, _n_note(ns))
+    fig.tight_layout()
+    _save(fig, path, _handles([ax for row in axes for ax in row]))
+    return rows
+
+
 def acc_vs_bits(an: Analysis, facts: Facts, path: Path) -> list[list[Any]] | None:
     """Best test accuracy vs weight bits (float first, then bits descending), a panel per
     rounding (and other device parameter that varies), shared y; returns CSV rows."""

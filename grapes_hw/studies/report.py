@@ -12,11 +12,12 @@ setting and says, with a Welch t-test over seeds, whether GRAPES beats its plain
 
 Files written (all in DIR): ``report.md``; ``summary.csv`` (one row per group),
 ``learning_curves.csv``, ``flagged_runs.csv`` and, when the data has them,
-``comparisons.csv``, ``acc_vs_bits.csv``, ``acc_vs_noise.csv``, ``drift.csv``; plots
-(``plots``) ``best_test_acc.png``, ``learning_curves.png``, ``optimizer_memory.png``
-and, when there is something to draw, ``slowness.png``, ``pulses.png``, ``acc_vs_bits.png``,
-``acc_vs_noise.png``, ``drift.png``. An output of an earlier report that has nothing to show
-any more is removed.
+``comparisons.csv``, ``acc_vs_bits.csv``, ``acc_vs_noise.csv``, ``acc_vs_depth.csv``,
+``drift.csv``; plots (``plots``) ``best_test_acc.png``, ``learning_curves.png``,
+``optimizer_memory.png`` and, when there is something to draw, ``slowness.png``,
+``pulses.png``, ``acc_vs_bits.png``, ``acc_vs_noise.png``, ``acc_vs_depth.png`` (a study of
+equal-width networks of several depths), ``drift.png``. An output of an earlier report that
+has nothing to show any more is removed.
 
 Over 400 lines: one function per Markdown section of the report; the grouping and the
 statistics are in ``analysis.py``, the figures in ``plots.py``.
@@ -57,6 +58,7 @@ OUTPUTS = ("summary.csv", "learning_curves.csv", "flagged_runs.csv", "comparison
            "slowness.png", "plateau_fits.png", "learning_curves.png", "pulses.png",
            "optimizer_memory.png",
            "acc_vs_bits.png", "acc_vs_noise.png", "drift.png", "tuning.csv", "tuning.png",
+           "acc_vs_depth.csv", "acc_vs_depth.png",
            "device_state.csv", "saturation.png", "equal_lr.csv")
 """Every file besides report.md a report may write (stale ones are removed)."""
 
@@ -276,6 +278,13 @@ def write_report(dir_: str | Path) -> Path:
             write_csv(d / f"{name}.csv", [*cols, f"{mean}_mean", f"{mean}_std", "n"], ex_rows)
             files.append(f"{name}.csv")
             png(f"{name}.png", f"{caption} (data in `{name}.csv`)", True)
+    depth_rows = plots.acc_vs_depth(an, fx, d / "acc_vs_depth.png")
+    if depth_rows is not None:
+        write_csv(d / "acc_vs_depth.csv", ["rule", "width", "depth", "metric", "mean", "std",
+                                           "n"], depth_rows)
+        files.append("acc_vs_depth.csv")
+        png("acc_vs_depth.png", "Best test accuracy and plateau-fit slowness vs the number of "
+            "hidden layers, a column per width (data in `acc_vs_depth.csv`)", True)
     png("pulses.png", "Weight writes per run, in the unit each backend counts (devices "
         "programmed by writes only: float weights, written digitally at every update, and "
         "analog inference tiles, not pulsed, are left out)",
