@@ -9,7 +9,8 @@ worker processes or on a Dask cluster, and appends each finished run to ``DIR/ru
 ``runs.jsonl`` holds one JSON object per line: the result of
 :func:`grapes_hw.training.train.run` plus
 ``key`` (the run's stable key: a hash of its resolved configuration), or, for a run that raised,
-``status`` "error" with the traceback in ``error``. Only the parent process writes it, each line
+``status`` "error" with the traceback in ``error`` and its exception line in
+``error_summary``. Only the parent process writes it, each line
 with one ``os.write`` of the whole line on an ``O_APPEND`` descriptor followed by ``fsync``, so a
 killed sweep leaves at most one torn last line; on start that line is cut off and its run redone.
 """
