@@ -558,6 +558,11 @@ def test_plot_labels_stay_short_for_a_study_of_architectures():
     assert "MLP 784-256-10 / MLP 784-128-10" in line(["MLP 784-256-10", "MLP 784-128-10"])
     many = line([f"MLP 784-{w}-10" for w in (64, 128, 256, 512)])
     assert "4 MLP networks" in many and "784-512" not in many
+    subset = Facts(datasets=["fashion-mnist (60000 train, 10000 test samples)",
+                             "fashion-mnist (10000 train, 10000 test samples)"],
+                   networks=["MLP 784-10"], epochs=[5], epochs_run=(5, 5), seeds=[0],
+                   n_per_cell=(1, 1), n_groups=2).line()
+    assert subset.startswith("fashion-mnist, MLP") and "/ fashion" not in subset
 
 
 def test_a_cnn_is_described_by_its_recorded_conv_stack():

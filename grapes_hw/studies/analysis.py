@@ -605,7 +605,8 @@ class Facts:
         return f"{lo}" if lo == hi else f"{lo}-{hi}"
 
     def _parts(self) -> tuple[str, str]:
-        ds = " / ".join(d.split(" (")[0] for d in self.datasets)
+        # (one name once: a study may train some runs on a subset of the same dataset)
+        ds = " / ".join(dict.fromkeys(d.split(" (")[0] for d in self.datasets))
         nets = " / ".join(self.networks)
         if len(self.networks) > 3:  # a study of architectures: they are on the axis
             kinds = dict.fromkeys(n.split(" ")[0] for n in self.networks)
