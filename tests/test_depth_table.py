@@ -34,6 +34,10 @@ def test_rows_per_width_and_depth_with_differences_and_welch_p(tmp_path, capsys)
                 bump = 0.01 * (len(layers) - 2)
                 recs.append(run(layers, "propagating" if rule == "propagating" else "off",
                                 rule == "matched", s, a + bump))
+    blown = run([16, 16], "propagating", False, 3, 0.9)
+    blown.update(status="diverged", diverged_epoch=1, best_test_acc=None,
+                 epochs=[{"epoch": 1, "test_acc": None, "partial": True}])
+    recs.append(blown)  # diverged before its first test: counted, not in the means
     (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     assert depth_table.main([str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -49,6 +53,7 @@ def test_rows_per_width_and_depth_with_differences_and_welch_p(tmp_path, capsys)
     p = stats.ttest_ind(g, s, equal_var=False).pvalue
     diff = 100 * (sum(g) - sum(s)) / 3
     assert rows[1][9] == f"{diff:+.1f} (p {p:.2g})"
+    assert rows[2][11] == "GRAPES 1" and rows[0][11] == "–" and rows[2][2] == "3"
 
 
 def test_a_folder_that_is_not_a_depth_study_exits_2(tmp_path, capsys):

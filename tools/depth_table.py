@@ -6,8 +6,10 @@ One row per network (equal hidden widths, in depth order per width): for SGD, th
 SGD control and SGD + GRAPES (propagating), the best test accuracy mean ± std over the seeds
 that finished, and the plateau-fit slowness (accepted fits only, re-checked as the report
 does); then GRAPES' difference to SGD and to the control in points with its Welch p value
-(n/a with fewer than 2 runs on a side). ``n`` is the number of seeds per rule (the smallest,
-where they differ). Prints Markdown; the numbers are the report's (``grapes_hw.studies``).
+(n/a with fewer than 2 runs on a side). ``n`` is the number of seeds per rule with a test
+accuracy (the smallest, where they differ); ``diverged`` counts, per rule, the runs whose
+weights went non-finite (one that diverged before its first test has no accuracy: it is not
+in the means). Prints Markdown; the numbers are the report's (``grapes_hw.studies``).
 """
 
 from __future__ import annotations
@@ -55,20 +57,24 @@ def table(folder: str) -> str:
             continue
         key = (int(parts[0]), len(parts))
         cells.setdefault(key, {})[an.label_of(g.method)] = (g.values_of("best_test_acc"),
-                                                            g.values_of("slowness"))
+                                                            g.values_of("slowness"),
+                                                            g.count("diverged"))
     head = ["width", "hidden layers", "n",
             *[f"{short} best acc" for short, _ in RULES],
             *[f"{short} slowness" for short, _ in RULES],
-            "GRAPES - SGD (points)", "GRAPES - lr-matched (points)"]
+            "GRAPES - SGD (points)", "GRAPES - lr-matched (points)", "diverged"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (w, d), by in sorted(cells.items()):
-        acc = {short: by.get(label, ([], []))[0] for short, label in RULES}
-        slow = {short: by.get(label, ([], []))[1] for short, label in RULES}
+        acc = {short: by.get(label, ([], [], 0))[0] for short, label in RULES}
+        slow = {short: by.get(label, ([], [], 0))[1] for short, label in RULES}
+        diverged = ", ".join(f"{short} {by[label][2]}" for short, label in RULES
+                             if label in by and by[label][2]) or "–"
         n = min(len(v) for v in acc.values())
         lines.append("| " + " | ".join([
             str(w), str(d), str(n), *[_ms(acc[s], 3) for s, _ in RULES],
             *[_ms(slow[s], 2) for s, _ in RULES],
-            _diff(acc["GRAPES"], acc["SGD"]), _diff(acc["GRAPES"], acc["lr-matched"])]) + " |")
+            _diff(acc["GRAPES"], acc["SGD"]), _diff(acc["GRAPES"], acc["lr-matched"]),
+            diverged]) + " |")
     return "\n".join(lines)
 
 
