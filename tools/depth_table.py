@@ -19,7 +19,8 @@ import math
 import sys
 
 from grapes_hw.errors import ConfigError
-from grapes_hw.studies.analysis import load
+from grapes_hw.studies.analysis import load, mean_std
+from grapes_hw.studies.plots import uniform_widths
 from grapes_hw.training.metrics import welch_p
 
 RULES = (("SGD", "sgd"), ("lr-matched", "sgd (lr-matched control)"),
@@ -27,13 +28,10 @@ RULES = (("SGD", "sgd"), ("lr-matched", "sgd (lr-matched control)"),
 
 
 def _ms(values: list[float], digits: int) -> str:
-    if not values:
+    mean, sd, n = mean_std(values)
+    if not n:
         return "–"
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return f"{mean:.{digits}f}"
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+    return f"{mean:.{digits}f}" if n < 2 else f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
 
 def _diff(a: list[float], b: list[float]) -> str:
@@ -50,12 +48,12 @@ def table(folder: str) -> str:
         varying = ", ".join(an.context_fields) or "nothing"
         raise ConfigError("DIR", f"{folder}: not a depth study (its runs differ in {varying}, "
                                  "not only in layers)")
-    cells: dict[tuple[int, int], dict[str, tuple[list[float], list[float]]]] = {}
+    # (width, depth) -> rule label -> (best accuracies, slownesses, diverged runs)
+    cells: dict[tuple[int, int], dict[str, tuple[list[float], list[float], int]]] = {}
     for g in an.groups:
-        parts = g.context[0].split("-")
-        if len(set(parts)) != 1:
+        key = uniform_widths(g.context[0])
+        if key is None:
             continue
-        key = (int(parts[0]), len(parts))
         cells.setdefault(key, {})[an.label_of(g.method)] = (g.values_of("best_test_acc"),
                                                             g.values_of("slowness"),
                                                             g.count("diverged"))

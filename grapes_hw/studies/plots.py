@@ -468,7 +468,7 @@ def _series(style: Style, method: tuple, extra: str) -> str:
     return ", ".join(p for p in (style.label(method), extra) if p)
 
 
-def _uniform_widths(value: str) -> tuple[int, int] | None:
+def uniform_widths(value: str) -> tuple[int, int] | None:
     """(width, depth) of a ``layers`` value of equal hidden widths (``128-128-128``)."""
     parts = value.split("-")
     if parts and all(p.isdigit() for p in parts) and len(set(parts)) == 1:
@@ -488,7 +488,7 @@ def acc_vs_depth(an: Analysis, facts: Facts, path: Path) -> list[list[Any]] | No
     width has >= 2 depths of equal-width networks."""
     if an.context_fields != ["layers"]:
         return None
-    shape = {g.context: _uniform_widths(g.context[0]) for g in an.groups}
+    shape = {g.context: uniform_widths(g.context[0]) for g in an.groups}
     if any(v is None for v in shape.values()):
         return None
     depths: dict[int, set[int]] = defaultdict(set)
